@@ -1,0 +1,214 @@
+"""The `workbench` command line: a thin typer layer over the Python API.
+
+Every command prints tables on stdout (or JSON with `--json`), progress and warnings on stderr,
+and turns bad input into one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from workbench.dataset import DEFAULT_MAX_PER_CLASS, DEFAULT_SEED, DEFAULT_TEST_RATIO
+from workbench.errors import WorkbenchError
+
+app = typer.Typer(
+    name="workbench",
+    help="On-device transfer learning for Coral Edge TPU and TensorFlow Lite.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_BAD_INPUT = 2
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def stdout() -> Console:
+    return Console()
+
+
+def stderr() -> Console:
+    return Console(stderr=True)
+
+
+def handles_bad_input(command: F) -> F:
+    """Report WorkbenchError as `error: ...` on stderr with exit code 2, no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except WorkbenchError as e:
+            message = " ".join(str(e).split())
+            print(f"error: {message}", file=sys.stderr)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except KeyboardInterrupt:
+            print("interrupted; nothing was written", file=sys.stderr)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+# Options shared by the commands, declared once.
+ExtractorOpt = Annotated[
+    Path | None,
+    typer.Option("--extractor", "-e", help="Embedding extractor .tflite (CPU or _edgetpu build)."),
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output", "-o", help="Model to write; labels go to OUT.txt, report to OUT.report.json."
+    ),
+]
+TestRatioOpt = Annotated[
+    float, typer.Option("--test-ratio", help="Share of each class held out for evaluation.")
+]
+MaxPerClassOpt = Annotated[
+    int, typer.Option("--max-per-class", help="Cap on training images per class.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the per-class shuffle.")]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option("--device", help="Edge TPU to use: usb, usb:N, pci, pci:N or :N."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+DataDirArg = Annotated[Path, typer.Argument(help="Folder with one sub-folder of images per class.")]
+
+
+def _require_extractor(extractor: Path | None) -> Path:
+    if extractor is None:
+        raise WorkbenchError("no extractor given; pass --extractor MODEL.tflite")
+    return extractor
+
+
+def _print_training(result: Any, json_output: bool) -> None:
+    from workbench.display import print_outputs, print_report
+
+    if json_output:
+        emit_json(result.report)
+        return
+    console = stdout()
+    print_report(console, result.report)
+    print_outputs(
+        console,
+        {"model": str(result.model), "labels": str(result.labels), "report": str(result.report_path)},
+    )
+
+
+@app.command()
+@handles_bad_input
+def imprint(
+    data_dir: DataDirArg,
+    extractor: ExtractorOpt = None,
+    output: OutputOpt = None,
+    test_ratio: TestRatioOpt = DEFAULT_TEST_RATIO,
+    max_per_class: MaxPerClassOpt = DEFAULT_MAX_PER_CLASS,
+    seed: SeedOpt = DEFAULT_SEED,
+    whiten: Annotated[
+        bool,
+        typer.Option(
+            "--whiten/--no-whiten",
+            help="Whiten embeddings with their within-class covariance before imprinting "
+            "(more accurate); --no-whiten gives Coral's plain imprinting head.",
+        ),
+    ] = True,
+    device: DeviceOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Weight imprinting: a classifier from a few images per class, in seconds."""
+    from workbench.display import ConsoleReporter
+    from workbench.pipeline import imprint_folder
+
+    result = imprint_folder(
+        data_dir,
+        _require_extractor(extractor),
+        output=output,
+        test_ratio=test_ratio,
+        max_per_class=max_per_class,
+        seed=seed,
+        whiten=whiten,
+        device=device,
+        reporter=ConsoleReporter(stderr()),
+    )
+    _print_training(result, json_output)
+
+
+@app.command()
+@handles_bad_input
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Classification model .tflite.")],
+    data_dir: DataDirArg,
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help="Labels file (default: MODEL.txt).")
+    ] = None,
+    test_ratio: TestRatioOpt = DEFAULT_TEST_RATIO,
+    max_per_class: MaxPerClassOpt = DEFAULT_MAX_PER_CLASS,
+    seed: SeedOpt = DEFAULT_SEED,
+    split: Annotated[
+        Path | None,
+        typer.Option("--split", help="Reuse the held-out split recorded in a training report."),
+    ] = None,
+    device: DeviceOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Accuracy of a model on the held-out split of a data folder (the split training used)."""
+    from workbench.display import ConsoleReporter, print_report
+    from workbench.pipeline import evaluate_folder
+
+    report = evaluate_folder(
+        model,
+        data_dir,
+        labels_path=labels,
+        test_ratio=test_ratio,
+        max_per_class=max_per_class,
+        seed=seed,
+        split_report=split,
+        device=device,
+        reporter=ConsoleReporter(stderr()),
+    )
+    if json_output:
+        emit_json(report)
+    else:
+        print_report(stdout(), report)
+
+
+@app.command()
+@handles_bad_input
+def classify(
+    model: Annotated[Path, typer.Argument(help="Classification model .tflite.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help="Labels file (default: MODEL.txt).")
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to show per image.")] = 3,
+    repeat: Annotated[
+        int, typer.Option("--repeat", help="Extra invokes for the steady-state timing.")
+    ] = 10,
+    device: DeviceOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Top classes of each image with scores, and the inference time."""
+    from workbench.classify import classify_images, print_classification
+
+    result = classify_images(model, images, labels, top_k=top_k, repeat=repeat, device=device)
+    if json_output:
+        emit_json(result)
+    else:
+        print_classification(stdout(), result)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

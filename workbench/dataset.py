@@ -1,0 +1,162 @@
+"""Dataset manager: a folder with one sub-folder of images per class, split per class.
+
+The split is a pure function of the file names, `test_ratio`, `max_per_class` and `seed`, and
+each class is shuffled with a seed derived from its own name: adding a class later (continued
+imprinting) leaves the split of the existing classes as it was, and `workbench evaluate` with
+the same arguments sees exactly the images that training held out.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workbench.errors import WorkbenchError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
+DEFAULT_TEST_RATIO = 0.25
+DEFAULT_MAX_PER_CLASS = 200  # Coral's per-class cap for imprinting
+DEFAULT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What a scan of a data folder found: images per class, and what it passed over."""
+
+    root: Path
+    classes: list[str]
+    images: dict[str, list[Path]]
+    skipped: list[Path] = field(default_factory=list)
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(files) for files in self.images.values())
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training and held-out images per class, in class order."""
+
+    classes: list[str]
+    train: dict[str, list[Path]]
+    test: dict[str, list[Path]]
+
+    def files(self, part: str) -> tuple[list[Path], list[int]]:
+        """Flat (paths, class ids) of the `train` or `test` part, class by class."""
+        per_class = self.train if part == "train" else self.test
+        paths: list[Path] = []
+        labels: list[int] = []
+        for class_id, name in enumerate(self.classes):
+            paths.extend(per_class.get(name, []))
+            labels.extend([class_id] * len(per_class.get(name, [])))
+        return paths, labels
+
+    def to_json(self) -> dict[str, dict[str, list[str]]]:
+        """Absolute paths, so a report's split can be reused from any working folder."""
+        return {
+            "train": {c: [str(p.absolute()) for p in self.train.get(c, [])] for c in self.classes},
+            "test": {c: [str(p.absolute()) for p in self.test.get(c, [])] for c in self.classes},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict, classes: list[str] | None = None) -> Split:
+        """Rebuild a split from a report's `split` entry (optionally reordered to `classes`)."""
+        try:
+            train = {c: [Path(p) for p in files] for c, files in data["train"].items()}
+            test = {c: [Path(p) for p in files] for c, files in data["test"].items()}
+        except (KeyError, AttributeError, TypeError):
+            raise WorkbenchError("the report's split must have 'train' and 'test' maps") from None
+        return cls(classes or list(test), train, test)
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def scan(root: str | Path) -> Dataset:
+    """Find the classes (sub-folders, sorted by name) and their image files.
+
+    Hidden entries and files that are not images by extension are skipped and counted; files
+    directly in the root are skipped too. Fewer than 2 classes, or a class with fewer than 2
+    images, is an error that names the problem.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise WorkbenchError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise WorkbenchError(f"not a folder: {root} (expected one sub-folder of images per class)")
+    skipped: list[Path] = []
+    images: dict[str, list[Path]] = {}
+    try:
+        entries = sorted(root.iterdir())
+    except OSError as e:
+        raise WorkbenchError(f"cannot read data folder {root}: {e.strerror or e}") from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            skipped.append(entry)
+            continue
+        files: list[Path] = []
+        for path in sorted(entry.rglob("*")):
+            if any(part.startswith(".") for part in path.relative_to(entry).parts):
+                continue
+            if not path.is_file():
+                continue
+            (files if is_image_file(path) else skipped).append(path)
+        images[entry.name] = files
+
+    if len(images) < 2:
+        found = ", ".join(images) or "none"
+        raise WorkbenchError(
+            f"{root} needs at least 2 class folders with images (found: {found})"
+        )
+    too_small = [f"{name} ({len(files)})" for name, files in images.items() if len(files) < 2]
+    if too_small:
+        raise WorkbenchError(
+            f"every class needs at least 2 images; too few in {root}: {', '.join(too_small)}"
+        )
+    return Dataset(root, sorted(images), images, skipped)
+
+
+def held_out_count(n: int, test_ratio: float) -> int:
+    """Images held out of a class of `n`: test_ratio * n rounded half up, at least 1."""
+    return max(1, int(test_ratio * n + 0.5))
+
+
+def split(
+    dataset: Dataset,
+    test_ratio: float = DEFAULT_TEST_RATIO,
+    max_per_class: int = DEFAULT_MAX_PER_CLASS,
+    seed: int = DEFAULT_SEED,
+) -> Split:
+    """Shuffle each class deterministically, hold out its test part, cap its training part."""
+    if not 0.0 <= test_ratio < 1.0:
+        raise WorkbenchError(f"--test-ratio must be in [0, 1), got {test_ratio}")
+    if max_per_class < 1:
+        raise WorkbenchError(f"--max-per-class must be at least 1, got {max_per_class}")
+    train: dict[str, list[Path]] = {}
+    test: dict[str, list[Path]] = {}
+    for name in dataset.classes:
+        files = list(dataset.images[name])
+        random.Random(f"{seed}/{name}").shuffle(files)
+        n_test = min(held_out_count(len(files), test_ratio), len(files) - 1)
+        test[name] = files[:n_test]
+        train[name] = files[n_test:][:max_per_class]
+    return Split(list(dataset.classes), train, test)
+
+
+def load_split(report_path: str | Path) -> Split:
+    """The split recorded in a training report (`OUT.report.json`)."""
+    path = Path(report_path)
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise WorkbenchError(f"report not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise WorkbenchError(f"cannot read report {path}: {e}") from None
+    if not isinstance(report, dict) or "split" not in report:
+        raise WorkbenchError(f"{path} has no 'split' entry (is it a workbench report?)")
+    return Split.from_json(report["split"], report.get("classes"))

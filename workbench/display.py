@@ -1,0 +1,107 @@
+"""Rich tables for reports, and the CLI's reporter (progress bars and warnings on stderr)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from workbench.progress import Reporter
+
+
+class ConsoleReporter(Reporter):
+    """Progress bars and warnings on stderr, so stdout stays clean for tables or JSON."""
+
+    def __init__(self, console: Console, quiet: bool = False) -> None:
+        self.console = console
+        self.quiet = quiet
+
+    @contextmanager
+    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        if self.quiet or total <= 0:
+            yield lambda n: None
+            return
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        with progress:
+            task_id = progress.add_task(description, total=total)
+            yield lambda n: progress.advance(task_id, n)
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message, markup=False, highlight=False)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def accuracy_table(report: dict[str, Any], title: str = "Held-out accuracy") -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, value in enumerate(report.get("top_k_accuracy", []), start=1):
+        table.add_row(f"top-{k}", _pct(value))
+    if report.get("float_top1_accuracy") is not None:
+        table.add_row("top-1 of the float head", _pct(report["float_top1_accuracy"]))
+    if report.get("agreement") is not None:
+        table.add_row("agreement with float head", _pct(report["agreement"]))
+    table.add_row("held-out images", str(report.get("num_images", 0)))
+    return table
+
+
+def per_class_table(report: dict[str, Any]) -> Table:
+    table = Table(title="Per class")
+    for name in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(name, justify="left" if name == "class" else "right")
+    for name, m in report.get("per_class", {}).items():
+        table.add_row(
+            name, _pct(m["precision"]), _pct(m["recall"]), _pct(m["f1"]), str(m["support"])
+        )
+    return table
+
+
+def confusion_table(report: dict[str, Any]) -> Table:
+    table = Table(title="Confusion matrix (rows: true class, columns: predicted)")
+    table.add_column("")
+    for name in report.get("confusion_labels", []):
+        table.add_column(name, justify="right")
+    for name, row in zip(report.get("classes", []), report.get("confusion_matrix", [])):
+        table.add_row(name, *(str(v) for v in row))
+    return table
+
+
+def print_report(console: Console, report: dict[str, Any]) -> None:
+    console.print(accuracy_table(report))
+    console.print(per_class_table(report))
+    console.print(confusion_table(report))
+
+
+def print_outputs(console: Console, paths: dict[str, str]) -> None:
+    table = Table(title="Written", show_header=False)
+    table.add_column("what")
+    table.add_column("path")
+    for what, path in paths.items():
+        table.add_row(what, path)
+    console.print(table)

@@ -1,0 +1,125 @@
+"""Evaluation: score a model's outputs on held-out images against their class folders.
+
+The scores come from running the exported `.tflite` itself, so the report measures the model a
+user will deploy, quantization included; `agreement` says how often its top-1 matches the
+float head it was exported from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from workbench.errors import WorkbenchError
+
+OTHER = "(other)"
+MAX_K = 5
+
+
+@dataclass
+class Evaluation:
+    """Accuracy of a model on labelled images, ready for a table or for JSON."""
+
+    classes: list[str]  # the dataset's classes: rows of the confusion matrix
+    num_images: int
+    top_k_accuracy: list[float]  # top-1 first
+    per_class: dict[str, dict[str, float]]
+    confusion_matrix: list[list[int]]
+    confusion_labels: list[str]  # columns: the classes, plus OTHER if a prediction fell outside
+    agreement: float | None = None
+    mistakes: list[dict[str, object]] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def label_ids(classes: list[str], labels: list[str]) -> list[int]:
+    """Where each dataset class sits among the model's labels (matched by name)."""
+    index = {name: i for i, name in enumerate(labels)}
+    missing = [c for c in classes if c not in index]
+    if missing:
+        shown = ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else "")
+        raise WorkbenchError(
+            f"class folders not among the model's labels: {', '.join(missing)} "
+            f"(labels: {shown}); pass the right --labels file"
+        )
+    return [index[c] for c in classes]
+
+
+def ranked(scores: np.ndarray) -> np.ndarray:
+    """Label indices by descending score; ties keep index order, like argmax."""
+    return np.argsort(-scores, axis=1, kind="stable")
+
+
+def score(
+    scores: np.ndarray,
+    true_classes: np.ndarray,
+    classes: list[str],
+    labels: list[str],
+    float_top1: np.ndarray | None = None,
+    files: list[Path] | None = None,
+) -> Evaluation:
+    """Metrics for `scores` [N, num_labels] of images whose class index is `true_classes`.
+
+    `float_top1` (label indices) gives the agreement of the model with its float head.
+    """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    scores = np.asarray(scores)
+    if scores.ndim != 2 or scores.shape[1] != len(labels):
+        raise WorkbenchError(
+            f"the model gives {scores.shape[-1]} scores but the labels file has {len(labels)} "
+            "labels; pass the labels file that belongs to this model"
+        )
+    ids = label_ids(classes, labels)
+    truth = np.asarray(ids, np.int64)[np.asarray(true_classes, np.int64)]
+    order = ranked(scores)
+    top1 = order[:, 0]
+    ks = range(1, min(MAX_K, len(labels)) + 1)
+    top_k = [float(np.mean(np.any(order[:, :k] == truth[:, None], axis=1))) for k in ks]
+
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, top1, labels=ids, zero_division=0
+    )
+    per_class = {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(classes)
+    }
+    outside = ~np.isin(top1, ids)
+    columns = list(ids) + ([-1] if outside.any() else [])
+    predicted = np.where(outside, -1, top1)
+    matrix = confusion_matrix(truth, predicted, labels=columns)[: len(ids)]
+    confusion_labels = list(classes) + ([OTHER] if outside.any() else [])
+
+    agreement = None
+    if float_top1 is not None and len(top1):
+        agreement = float(np.mean(np.asarray(float_top1) == top1))
+
+    mistakes = []
+    if files is not None:
+        for i in np.flatnonzero(top1 != truth):
+            mistakes.append(
+                {
+                    "file": str(files[i]),
+                    "true": labels[truth[i]],
+                    "predicted": labels[top1[i]],
+                    "score": float(scores[i, top1[i]]),
+                }
+            )
+    return Evaluation(
+        classes=list(classes),
+        num_images=len(truth),
+        top_k_accuracy=top_k,
+        per_class=per_class,
+        confusion_matrix=matrix.astype(int).tolist(),
+        confusion_labels=confusion_labels,
+        agreement=agreement,
+        mistakes=mistakes,
+    )

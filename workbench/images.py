@@ -1,0 +1,108 @@
+"""Image decoding and preprocessing, shared by training, evaluation, `classify` and benchmarks.
+
+One function turns a file into the exact array the model's input takes, so a model is always
+evaluated on the same numbers it was trained on.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from workbench.errors import WorkbenchError
+from workbench.runtime import TensorSpec
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+
+class ImageError(Exception):
+    """An image file that cannot be decoded; the caller skips it with a warning."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a file becomes a model input.
+
+    A quantized (uint8 or int8) input takes the pixel values themselves: full-integer
+    converters calibrate the input quantization so that the pixel range 0..255 maps onto the
+    whole integer range, whatever normalization the float model used ([-1, 1] or [0, 1]); the
+    Coral models' scale 1/128 and zero point 128 are the [-1, 1] case. A float input gets
+    (pixel - mean) / std, [-1, 1] by default (the MobileNet / EfficientNet-Lite convention).
+    """
+
+    width: int
+    height: int
+    dtype: str  # "uint8", "int8" or "float32": the input tensor's type
+    resample: str = "bilinear"
+    mean: float = 127.5
+    std: float = 127.5
+    draft: bool = True  # let the JPEG decoder scale down (by 1/2, 1/4, 1/8) while decoding
+
+    @classmethod
+    def for_input(cls, spec: TensorSpec, resample: str = "bilinear") -> Preprocessing:
+        shape = spec.shape
+        if len(shape) != 4 or shape[0] != 1 or shape[3] != 3:
+            raise WorkbenchError(
+                f"model input {list(shape)} is not an RGB image ([1, height, width, 3] expected)"
+            )
+        if spec.dtype.name not in ("uint8", "int8", "float32"):
+            raise WorkbenchError(
+                f"model input type {spec.dtype.name} is not uint8, int8 or float32"
+            )
+        return cls(width=shape[2], height=shape[1], dtype=spec.dtype.name, resample=resample)
+
+    def key(self) -> str:
+        """A stable text form, part of the embedding cache key."""
+        return (
+            f"{self.width}x{self.height}:{self.dtype}:{self.resample}:"
+            f"{self.mean:g}/{self.std:g}:draft={int(self.draft)}"
+        )
+
+
+def decode(path: str | Path, prep: Preprocessing) -> np.ndarray:
+    """Decode an image to RGB uint8 [height, width, 3] at the model's input size.
+
+    EXIF orientation is applied, so a portrait photo is seen upright. Raises ImageError for a
+    file Pillow cannot read or that is truncated.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns on odd EXIF / palettes; not fatal
+            with Image.open(path) as image:
+                if prep.draft and image.format == "JPEG":
+                    # The decoder picks the largest DCT scale-down that stays at or above the
+                    # requested size; the side is the max so rotation by EXIF does not matter.
+                    side = max(prep.width, prep.height)
+                    image.draft("RGB", (side, side))
+                image = ImageOps.exif_transpose(image)
+                if image.mode != "RGB":
+                    image = image.convert("RGB")
+                if image.size != (prep.width, prep.height):
+                    image = image.resize((prep.width, prep.height), _RESAMPLE[prep.resample])
+                return np.asarray(image, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageError(str(e) or type(e).__name__) from None
+
+
+def to_input(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """RGB uint8 [h, w, 3] pixels to the input tensor's batch of one."""
+    if prep.dtype == "uint8":
+        batch = pixels
+    elif prep.dtype == "int8":
+        batch = (pixels.astype(np.int16) - 128).astype(np.int8)
+    else:
+        batch = (pixels.astype(np.float32) - np.float32(prep.mean)) / np.float32(prep.std)
+    return batch[np.newaxis]
+
+
+def load_input(path: str | Path, prep: Preprocessing) -> np.ndarray:
+    """Decode and convert in one step: the model input for an image file."""
+    return to_input(decode(path, prep), prep)
