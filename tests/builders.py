@@ -93,19 +93,27 @@ def tiny_extractor(
         )
         bias_scale = in_quant.scale[0] * w_quant.scale[0]
         bias = graph.add_tensor(
-            "conv/bias", [channels], np.int32, Quant.per_tensor(bias_scale, 0),
+            "conv/bias",
+            [channels],
+            np.int32,
+            Quant.per_tensor(bias_scale, 0),
             quantize_bias(np.zeros(channels), bias_scale),
         )
         out_quant = range_quant(0.0, CONV_OUT_MAX, np_type)
         conv = graph.add_tensor("conv", conv_shape, np_type, out_quant)
     graph.add_operator(
-        fb.BuiltinOperator.CONV_2D, [x, kernel, bias], [conv],
+        fb.BuiltinOperator.CONV_2D,
+        [x, kernel, bias],
+        [conv],
         conv_options(stride=2, activation=fb.ActivationFunctionType.RELU),
         version=3 if dtype == "int8" else 1,
     )
     pooled = graph.add_tensor("embedding", [1, 1, 1, channels], np_type, out_quant)
     graph.add_operator(
-        fb.BuiltinOperator.AVERAGE_POOL_2D, [conv], [pooled], pool_options(conv_size),
+        fb.BuiltinOperator.AVERAGE_POOL_2D,
+        [conv],
+        [pooled],
+        pool_options(conv_size),
         version=2 if dtype == "int8" else 1,
     )
     output = pooled

@@ -9,7 +9,9 @@ import pytest
 
 from tests.builders import make_dataset, tiny_extractor, write_model
 
-SHARED = Path(os.environ.get("WORKBENCH_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+SHARED = Path(
+    os.environ.get("WORKBENCH_SHARED", Path(__file__).resolve().parents[1].parent / "shared")
+)
 CORAL = SHARED / "coral"
 FLOWERS = SHARED / "datasets" / "flower_photos"
 CORAL_EXTRACTOR = CORAL / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"

@@ -61,7 +61,9 @@ def test_scan_rejects_missing_folder_and_file(tmp_path: Path) -> None:
     ("n", "ratio", "expected"),
     [(2, 0.25, 1), (4, 0.25, 1), (10, 0.25, 3), (6, 0.25, 2), (100, 0.25, 25), (3, 0.0, 1)],
 )
-def test_held_out_count_rounds_half_up_with_at_least_one(n: int, ratio: float, expected: int) -> None:
+def test_held_out_count_rounds_half_up_with_at_least_one(
+    n: int, ratio: float, expected: int
+) -> None:
     assert held_out_count(n, ratio) == expected
 
 

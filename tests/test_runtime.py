@@ -56,7 +56,7 @@ def test_model_with_two_outputs_is_refused(tmp_path: Path) -> None:
 
 @no_edgetpu_runtime
 def test_edgetpu_model_without_edgetpu_names_the_cpu_build(tmp_path: Path) -> None:
-    with pytest.raises(WorkbenchError, match="compiled for the Edge TPU.*CPU build"):
+    with pytest.raises(WorkbenchError, match=r"compiled for the Edge TPU.*CPU build"):
         load_model(fake_edgetpu_model(tmp_path))
 
 
@@ -74,7 +74,7 @@ def test_unknown_custom_op_is_a_clear_error(tmp_path: Path) -> None:
     graph.set_inputs([x])
     graph.set_outputs([y])
     path = write_model(tmp_path / "custom.tflite", graph.to_bytes())
-    with pytest.raises(WorkbenchError, match="cannot load model.*my-secret-op"):
+    with pytest.raises(WorkbenchError, match=r"cannot load model.*my-secret-op"):
         load_model(path)
 
 

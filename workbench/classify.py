@@ -45,7 +45,7 @@ def classify_images(
             raise WorkbenchError(f"cannot read image {path}: {e}") from None
     results = []
     times: list[float] = []
-    for path, batch in zip(images, inputs):
+    for path, batch in zip(images, inputs, strict=True):
         raw, seconds = model.timed_run(batch)
         times.append(seconds)
         scores = model.output.dequantize(raw).reshape(-1)

@@ -103,7 +103,11 @@ def _print_training(result: Any, json_output: bool) -> None:
     print_report(console, result.report)
     print_outputs(
         console,
-        {"model": str(result.model), "labels": str(result.labels), "report": str(result.report_path)},
+        {
+            "model": str(result.model),
+            "labels": str(result.labels),
+            "report": str(result.report_path),
+        },
     )
 
 

@@ -110,9 +110,7 @@ def scan(root: str | Path) -> Dataset:
 
     if len(images) < 2:
         found = ", ".join(images) or "none"
-        raise WorkbenchError(
-            f"{root} needs at least 2 class folders with images (found: {found})"
-        )
+        raise WorkbenchError(f"{root} needs at least 2 class folders with images (found: {found})")
     too_small = [f"{name} ({len(files)})" for name, files in images.items() if len(files) < 2]
     if too_small:
         raise WorkbenchError(

@@ -87,7 +87,8 @@ def confusion_table(report: dict[str, Any]) -> Table:
     table.add_column("")
     for name in report.get("confusion_labels", []):
         table.add_column(name, justify="right")
-    for name, row in zip(report.get("classes", []), report.get("confusion_matrix", [])):
+    rows = zip(report.get("classes", []), report.get("confusion_matrix", []), strict=True)
+    for name, row in rows:
         table.add_row(name, *(str(v) for v in row))
     return table
 

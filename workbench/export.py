@@ -38,7 +38,9 @@ def check_writable(path: str | Path) -> None:
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
-        raise WorkbenchError(f"output {path} is a directory; give a file name like {path}/model.tflite")
+        raise WorkbenchError(
+            f"output {path} is a directory; give a file name like {path}/model.tflite"
+        )
     if not parent.is_dir():
         raise WorkbenchError(f"output folder does not exist: {parent}")
     try:
@@ -90,7 +92,9 @@ class StagedFiles:
             for tmp, target in self._staged:
                 os.replace(tmp, target)
         except OSError as e:
-            raise WorkbenchError(f"cannot write {e.filename or 'output'}: {e.strerror or e}") from None
+            raise WorkbenchError(
+                f"cannot write {e.filename or 'output'}: {e.strerror or e}"
+            ) from None
         self._staged.clear()
 
 

@@ -122,7 +122,9 @@ def leave_one_out_cosines(
     norm_sq = np.einsum("nd,nd->n", own_sums, own_sums) - 2.0 * (dot + 1.0) + 1.0
     alone = norm_sq < 1e-9  # the only image of its class: nothing left to compare with
     rows = np.arange(len(labels))
-    cos[rows, labels] = np.where(alone, cos[rows, labels], dot / np.sqrt(np.maximum(norm_sq, 1e-18)))
+    cos[rows, labels] = np.where(
+        alone, cos[rows, labels], dot / np.sqrt(np.maximum(norm_sq, 1e-18))
+    )
     return cos
 
 

@@ -43,7 +43,6 @@ from workbench.runtime import LoadedModel, load_model
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import Transform, append_imprinting_tail, embedding_output
 
-
 # Headroom around the range of a layer's outputs on the training data, for held-out images.
 OUTPUT_RANGE_MARGIN = 0.1
 

@@ -100,7 +100,7 @@ def unpack_model(data: bytes, origin: str = "model") -> fb.ModelT:
 class _AlignedBuffer(fb.BufferT):
     """A buffer that packs its data at a 16-byte boundary of the file."""
 
-    def Pack(self, builder: flatbuffers.Builder) -> int:  # noqa: N802 (schema naming)
+    def Pack(self, builder: flatbuffers.Builder) -> int:
         data_offset = None
         if self.data is not None and len(self.data) > 0:
             payload = np.ascontiguousarray(self.data, dtype=np.uint8).reshape(-1)
@@ -310,7 +310,9 @@ class Graph:
         opcode = fb.OperatorCodeT()
         opcode.builtinCode = code
         # Codes above 127 live only in builtinCode; the deprecated byte holds the placeholder.
-        opcode.deprecatedBuiltinCode = min(code, fb.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)
+        opcode.deprecatedBuiltinCode = min(
+            code, fb.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES
+        )
         opcode.version = version
         if custom is not None:
             opcode.customCode = custom

@@ -138,14 +138,22 @@ def _conv_1x1(
         kernel_quant = range_quant(lo, hi, np.uint8)
         bias_scale = in_quant.scale[0] * kernel_quant.scale[0]
         kernel = graph.add_tensor(
-            f"{name}/weights", kernel_shape, np.uint8, kernel_quant,
+            f"{name}/weights",
+            kernel_shape,
+            np.uint8,
+            kernel_quant,
             quantize(weights, kernel_quant, np.uint8).reshape(kernel_shape),
         )
         bias_tensor = graph.add_tensor(
-            f"{name}/bias", [out_dim], np.int32, Quant.per_tensor(bias_scale, 0),
+            f"{name}/bias",
+            [out_dim],
+            np.int32,
+            Quant.per_tensor(bias_scale, 0),
             quantize_bias(bias, bias_scale),
         )
-        out = graph.add_tensor(name, [1, 1, 1, out_dim], np.uint8, range_quant(*out_range, np.uint8))
+        out = graph.add_tensor(
+            name, [1, 1, 1, out_dim], np.uint8, range_quant(*out_range, np.uint8)
+        )
     graph.add_operator(fb.BuiltinOperator.CONV_2D, [source, kernel, bias_tensor], [out], options)
     return out
 
@@ -188,7 +196,11 @@ def append_imprinting_tail(
             source = _reshape(graph, source, [1, 1, 1, width], f"{PREFIX}/embedding_4d")
         if transform is not None:
             source = _conv_1x1(
-                graph, source, transform.matrix, transform.bias, transform.out_range,
+                graph,
+                source,
+                transform.matrix,
+                transform.bias,
+                transform.out_range,
                 f"{PREFIX}/whitened",
             )
         dtype = graph.dtype(source)
@@ -202,7 +214,11 @@ def append_imprinting_tail(
     lo, hi = cosine_range
     shift = lo if dtype != FLOAT else 0.0
     cosine = _conv_1x1(
-        graph, embedding, weights, np.full(num_classes, -shift), (0.0, hi - lo),
+        graph,
+        embedding,
+        weights,
+        np.full(num_classes, -shift),
+        (0.0, hi - lo),
         f"{PREFIX}/cosine",
     )
     kernel, bias = (int(i) for i in graph.operators[-1].inputs[1:3])
@@ -215,8 +231,11 @@ def append_imprinting_tail(
         # The factor is stored as the top level of a [0, s] range so it is exact, and the
         # logits get the cosines' step times s: the MUL then maps levels one to one.
         factor = graph.add_tensor(
-            f"{PREFIX}/scale_factor", [1], np.uint8,
-            Quant.per_tensor(scale_factor / 255, 0), np.asarray([255], np.uint8),
+            f"{PREFIX}/scale_factor",
+            [1],
+            np.uint8,
+            Quant.per_tensor(scale_factor / 255, 0),
+            np.asarray([255], np.uint8),
         )
         logit_quant = range_quant(0.0, scale_factor * (hi - lo), np.uint8)
     logits = graph.add_tensor(f"{PREFIX}/logits_4d", [1, 1, 1, num_classes], dtype, logit_quant)
@@ -264,19 +283,28 @@ def append_softmax_regression_tail(
             kernel_quant = symmetric_quant(weights, np.int8)
             version = 4
         kernel = graph.add_tensor(
-            f"{PREFIX}/fc_weights", [num_classes, dim], dtype, kernel_quant,
+            f"{PREFIX}/fc_weights",
+            [num_classes, dim],
+            dtype,
+            kernel_quant,
             quantize(weights, kernel_quant, dtype),
         )
         bias_scale = in_quant.scale[0] * kernel_quant.scale[0]
         bias_tensor = graph.add_tensor(
-            f"{PREFIX}/fc_bias", [num_classes], np.int32, Quant.per_tensor(bias_scale, 0),
+            f"{PREFIX}/fc_bias",
+            [num_classes],
+            np.int32,
+            Quant.per_tensor(bias_scale, 0),
             quantize_bias(bias, bias_scale),
         )
         logits = graph.add_tensor(
             f"{PREFIX}/logits", [1, num_classes], dtype, range_quant(*logit_range, dtype)
         )
     graph.add_operator(
-        fb.BuiltinOperator.FULLY_CONNECTED, [source, kernel, bias_tensor], [logits], options,
+        fb.BuiltinOperator.FULLY_CONNECTED,
+        [source, kernel, bias_tensor],
+        [logits],
+        options,
         version=version,
     )
     scores = _softmax(graph, logits, dtype, f"{PREFIX}/scores")
