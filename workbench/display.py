@@ -29,7 +29,8 @@ class ConsoleReporter(Reporter):
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
-        if self.quiet or total <= 0:
+        if self.quiet or total <= 0 or not self.console.is_terminal:
+            # A live bar redrawn into a file or pipe is noise; logs get the warnings only.
             yield lambda n: None
             return
         progress = Progress(
@@ -46,11 +47,13 @@ class ConsoleReporter(Reporter):
             yield lambda n: progress.advance(task_id, n)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
+        self.console.print(
+            f"warning: {message}", style="yellow", markup=False, highlight=False, soft_wrap=True
+        )
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message, markup=False, highlight=False)
+            self.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def _pct(value: float | None) -> str:

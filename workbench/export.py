@@ -50,6 +50,12 @@ def check_writable(path: str | Path) -> None:
         raise WorkbenchError(f"cannot write to {parent}: {e.strerror or e}") from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class StagedFiles:
     """Files written beside their targets under temporary names, renamed in `commit()`.
 
@@ -79,6 +85,7 @@ class StagedFiles:
         tmp = Path(tmp_name)
         self._staged.append((tmp, target))
         try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from workbench.errors import WorkbenchError
 from workbench.runtime import TensorSpec
@@ -88,6 +88,8 @@ def decode(path: str | Path, prep: Preprocessing) -> np.ndarray:
                 if image.size != (prep.width, prep.height):
                     image = image.resize((prep.width, prep.height), _RESAMPLE[prep.resample])
                 return np.asarray(image, dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise ImageError("not an image format Pillow can read") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageError(str(e) or type(e).__name__) from None
 

@@ -146,16 +146,19 @@ def fit_scale_factor(cos: np.ndarray, labels: np.ndarray) -> float:
     return best
 
 
-def cosine_window(cos: np.ndarray) -> tuple[float, float]:
+def cosine_window(cos: np.ndarray, scale_factor: float) -> tuple[float, float]:
     """The cosines the exported model resolves with its 256 levels: around each image's top-1.
 
-    Only the best class of an image must be told apart from the runner-up; a class whose cosine
-    falls below the window is clipped to its bottom, below the winner, which changes neither
-    the top-1 nor (at the fitted logit scale) the scores noticeably. Spending the levels on the
-    range of top-1 cosines halves the step compared with the full range of cosines.
+    Only an image's best class must be told apart from the runner-up, so the levels are spent
+    on the range of best-class cosines (about half the range of all cosines). A class below
+    the window is clipped to its bottom; the bottom sits low enough that even for the training
+    image with the weakest best class, the clipped classes together keep under 1% of the
+    probability: e^(-s * depth) * (C - 1) <= 0.01.
     """
     top1 = cos.max(axis=1)
-    lo = max(-1.0, float(top1.min()) - COSINE_MARGIN)
+    num_classes = cos.shape[1]
+    depth = max(COSINE_MARGIN, float(np.log(100.0 * max(num_classes - 1, 1))) / scale_factor)
+    lo = max(-1.0, float(top1.min()) - depth)
     hi = min(1.0, float(top1.max()) + COSINE_MARGIN)
     return lo, max(hi, lo + 1e-3)
 
@@ -190,4 +193,5 @@ def train_imprinting(
     features = embeddings if whitening is None else whitening.apply(embeddings)
     classes = imprint(features, labels, num_classes)
     loo = leave_one_out_cosines(classes, features, labels)
-    return ImprintingHead(classes, fit_scale_factor(loo, labels), cosine_window(loo), whitening)
+    scale_factor = fit_scale_factor(loo, labels)
+    return ImprintingHead(classes, scale_factor, cosine_window(loo, scale_factor), whitening)

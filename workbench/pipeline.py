@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from workbench import __version__
+from workbench.coral_format import training_state_text
 from workbench.dataset import (
     DEFAULT_MAX_PER_CLASS,
     DEFAULT_SEED,
@@ -271,7 +272,7 @@ def imprint_folder(
         transform=whitening_layer(head, embedded.train_x),
     )
     info = _extractor_info(model, prep)
-    graph.set_description(coral_description(head))
+    graph.set_description(training_state_text(head.classes.norms, head.classes.trainable))
     set_workbench_metadata(
         graph,
         {
@@ -315,14 +316,6 @@ def whitening_layer(head: ImprintingHead, train_x: np.ndarray) -> Transform | No
     lo, hi = float(z.min()), float(z.max())
     margin = OUTPUT_RANGE_MARGIN * (hi - lo)
     return Transform(head.whitening.matrix, head.whitening.bias, (lo - margin, hi + margin))
-
-
-def coral_description(head: ImprintingHead) -> str:
-    """Coral's per-class training state: `<class id> <norm of the class sum>` lines."""
-    norms = head.classes.norms
-    return "".join(
-        f"{i} {norms[i]:f}\n" for i in range(head.classes.num_classes) if head.classes.trainable[i]
-    )
 
 
 def evaluate_folder(

@@ -1,0 +1,306 @@
+"""End to end: the `workbench` commands on real images and real (tiny) models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+from PIL import Image
+from typer.testing import CliRunner
+
+from tests.builders import tiny_extractor, write_model
+from tests.test_runtime import fake_edgetpu_model, no_edgetpu_runtime
+from workbench.cli import app
+from workbench.coral_format import imprinting_problems
+from workbench.export import workbench_metadata
+from workbench.images import Preprocessing, load_input
+from workbench.tflite.graph import Graph
+
+runner = CliRunner()
+
+REPORT_KEYS = {
+    "classes",
+    "top_k_accuracy",
+    "per_class",
+    "confusion_matrix",
+    "agreement",
+    "split",
+}
+
+
+def invoke(*args: str) -> object:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The real console entry point in a fresh interpreter, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "workbench", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path], colors: Path
+) -> Path:
+    out = tmp_path_factory.mktemp("trained") / "colors.tflite"
+    result = invoke("imprint", colors, "--extractor", models["uint8"], "--output", out, "--json")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_imprint_writes_model_labels_and_report(trained: Path, colors: Path) -> None:
+    files = sorted(p.name for p in trained.parent.iterdir())
+    assert files == ["colors.report.json", "colors.tflite", "colors.txt"]  # no temp files left
+    assert trained.with_suffix(".txt").read_text() == "0 blue\n1 green\n2 red\n"
+    report = json.loads(trained.with_name("colors.report.json").read_text())
+    assert set(report) >= REPORT_KEYS
+    assert report["classes"] == ["blue", "green", "red"]
+    assert report["top_k_accuracy"][0] == 1.0 and len(report["top_k_accuracy"]) == 3
+    assert report["agreement"] == 1.0
+    assert report["confusion_matrix"] == [[3, 0, 0], [0, 3, 0], [0, 0, 3]]
+    assert set(report["per_class"]["red"]) == {"precision", "recall", "f1", "support"}
+    test_files = report["split"]["test"]["red"]
+    assert len(test_files) == 3 and len(report["split"]["train"]["red"]) == 9
+    assert all(Path(f).is_absolute() and Path(f).parent.name == "red" for f in test_files)
+    assert (trained.stat().st_mode & 0o777) != 0o600  # ordinary file mode, not mkstemp's
+
+
+def test_exported_model_is_coral_format_with_metadata(trained: Path) -> None:
+    graph = Graph.load(trained)
+    assert imprinting_problems(graph) == []
+    meta = workbench_metadata(graph)
+    assert meta is not None and meta["trainer"] == "imprint"
+    assert meta["classes"] == ["blue", "green", "red"]
+    state = graph.description().split()
+    assert state[0::2] == ["0", "1", "2"] and all(float(v) > 0 for v in state[1::2])
+
+
+def test_bare_interpreter_agrees_with_classify(trained: Path, colors: Path) -> None:
+    images = sorted(colors.glob("*/*.png"))[::5]
+    result = invoke("classify", trained, *images, "--json", "--top-k", "2")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["timing"]["first_invoke_ms"] > 0 and out["timing"]["steady_state_runs"] >= 10
+
+    interpreter = Interpreter(model_path=str(trained))
+    interpreter.allocate_tensors()
+    inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    for image, item in zip(images, out["results"], strict=True):
+        interpreter.set_tensor(inp["index"], load_input(image, Preprocessing(32, 32, "uint8")))
+        interpreter.invoke()
+        top = int(np.argmax(interpreter.get_tensor(outp["index"])[0]))
+        assert item["top"][0]["id"] == top
+        assert item["top"][0]["label"] == image.parent.name
+
+
+def test_evaluate_reproduces_the_training_split(trained: Path, colors: Path) -> None:
+    report = json.loads(trained.with_name("colors.report.json").read_text())
+    result = invoke("evaluate", trained, colors, "--json")
+    assert result.exit_code == 0, result.output
+    again = json.loads(result.stdout)
+    assert again["split"]["test"] == report["split"]["test"]
+    assert again["top_k_accuracy"] == report["top_k_accuracy"]
+    assert again["confusion_matrix"] == report["confusion_matrix"]
+    reused = invoke(
+        "evaluate", trained, colors, "--split", trained.with_name("colors.report.json"), "--json"
+    )
+    assert json.loads(reused.stdout)["split"]["test"] == report["split"]["test"]
+    other_seed = json.loads(invoke("evaluate", trained, colors, "--seed", "5", "--json").stdout)
+    assert other_seed["split"]["test"] != report["split"]["test"]
+
+
+@pytest.mark.parametrize("kind", ["int8", "float32_2d", "uint8_2d"])
+def test_imprint_works_with_every_extractor_type(
+    tmp_path: Path, models: dict[str, Path], colors: Path, kind: str
+) -> None:
+    out = tmp_path / "m.tflite"
+    result = invoke("imprint", colors, "-e", models[kind], "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["top_k_accuracy"][0] == 1.0 and report["agreement"] == 1.0
+    assert Graph.load(out).dtype(Graph.load(out).outputs[0]) == (
+        np.float32 if kind.startswith("float") else np.uint8
+    )
+
+
+def test_five_classes_with_and_without_whitening(
+    tmp_path: Path, models: dict[str, Path], five_classes: Path
+) -> None:
+    for flag in ("--whiten", "--no-whiten"):
+        result = invoke(
+            "imprint", five_classes, "-e", models["uint8"], "-o", tmp_path / "m.tflite", flag,
+            "--json",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["settings"]["whiten"] is (flag == "--whiten")
+        assert report["top_k_accuracy"][0] >= 0.9
+        assert report["agreement"] >= 0.9
+
+
+def test_default_output_name_is_data_dir_name(
+    tmp_path: Path, models: dict[str, Path], colors: Path
+) -> None:
+    result = run_cli("imprint", colors, "--extractor", models["uint8"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    name = colors.name
+    assert (tmp_path / f"{name}_imprint.tflite").exists()
+    assert (tmp_path / f"{name}_imprint.txt").exists()
+    assert "top-1" in result.stdout and "Confusion matrix" in result.stdout
+    assert result.stderr == ""  # nothing but progress (not a terminal here) and warnings
+
+
+def test_unreadable_images_are_skipped_with_a_warning(
+    tmp_path: Path, models: dict[str, Path], colors: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(colors, data)
+    (data / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (data / "green" / "notes.txt").write_text("not an image")
+    result = run_cli("imprint", data, "-e", models["uint8"], "-o", tmp_path / "m.tflite")
+    assert result.returncode == 0, result.stderr
+    assert "broken.jpg" in result.stderr and "skipped unreadable image" in result.stderr
+    assert "skipped 1 non-image files (notes.txt)" in result.stderr
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert [Path(u["file"]).name for u in report["unreadable"]] == ["broken.jpg"]
+
+
+def bad_model_files(tmp_path: Path) -> dict[str, Path]:
+    files = {
+        "text": tmp_path / "notes.tflite",
+        "truncated": tmp_path / "truncated.tflite",
+        "empty": tmp_path / "empty.tflite",
+    }
+    files["text"].write_text("hello")
+    files["truncated"].write_bytes(tiny_extractor("uint8")[:300])
+    files["empty"].write_bytes(b"")
+    return files
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_bad_inputs_give_one_line_and_exit_2(
+    tmp_path: Path, models: dict[str, Path], colors: Path
+) -> None:
+    out = tmp_path / "out.tflite"
+    cases = [
+        (("imprint", tmp_path / "missing", "-e", models["uint8"]), ["data folder not found"]),
+        (("imprint", colors, "-e", tmp_path / "none.tflite", "-o", out), ["model not found"]),
+        (("imprint", colors, "-o", out), ["no extractor given"]),
+        (("imprint", colors, "-e", models["uint8"], "-o", tmp_path / "no/dir/m.tflite"),
+         ["output folder does not exist"]),
+        (("imprint", colors, "-e", models["uint8"], "-o", "/proc/m.tflite"), ["cannot write"]),
+        (("imprint", colors, "-e", models["uint8"], "-o", tmp_path), ["is a directory"]),
+        (("imprint", colors, "-e", models["uint8"], "--test-ratio", "1.5", "-o", out),
+         ["--test-ratio"]),
+        (("classify", models["uint8"], tmp_path / "nope.png"), ["cannot read image"]),
+        (("evaluate", models["uint8"], colors, "--labels", tmp_path / "none.txt"),
+         ["labels file not found"]),
+    ]  # fmt: skip
+    for name, path in bad_model_files(tmp_path).items():
+        message = "damaged or truncated" if name == "truncated" else "not a TFLite model"
+        cases.append((("imprint", colors, "-e", path, "-o", out), [message]))
+    for args, needles in cases:
+        assert_one_line_error(run_cli(*args), *needles)
+    assert not out.exists()
+
+
+def test_model_with_wrong_labels_file_is_refused(
+    tmp_path: Path, trained: Path, colors: Path
+) -> None:
+    labels = tmp_path / "labels.txt"
+    for text, needle in [
+        ("0 blue\n1 green\n", "gives 3 scores but the labels file has 2"),
+        ("0 blue\n1 green\n2 red\n3 extra\n", "gives 3 scores but the labels file has 4"),
+        ("0 cyan\n1 green\n2 red\n", "class folders not among the model's labels: blue"),
+    ]:
+        labels.write_text(text)
+        assert_one_line_error(run_cli("evaluate", trained, colors, "--labels", labels), needle)
+
+
+def test_extractor_that_is_not_an_image_model_is_refused(tmp_path: Path, colors: Path) -> None:
+    graph = Graph.empty()
+    x = graph.add_tensor("x", [1, 10], np.float32)
+    graph.set_inputs([x])
+    graph.set_outputs([x])
+    path = write_model(tmp_path / "vector.tflite", graph.to_bytes())
+    assert_one_line_error(
+        run_cli("imprint", colors, "-e", path, "-o", tmp_path / "m.tflite"), "not an RGB image"
+    )
+
+
+@no_edgetpu_runtime
+def test_edgetpu_extractor_without_edgetpu_says_use_cpu_build(tmp_path: Path, colors: Path) -> None:
+    result = run_cli("imprint", colors, "-e", fake_edgetpu_model(tmp_path), "-o", tmp_path / "m")
+    assert_one_line_error(result, "compiled for the Edge TPU", "CPU build")
+
+
+def test_failed_run_leaves_previous_outputs_untouched(
+    tmp_path: Path, models: dict[str, Path], colors: Path, trained: Path
+) -> None:
+    out = tmp_path / "m.tflite"
+    shutil.copy(trained, out)
+    before = out.read_bytes()
+    data = tmp_path / "data"
+    shutil.copytree(colors, data)
+    for image in (data / "red").iterdir():  # every red image unreadable: training must fail
+        image.write_bytes(b"garbage")
+    result = run_cli("imprint", data, "-e", models["uint8"], "-o", out)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    *warnings, error = result.stderr.strip().splitlines()
+    assert len(warnings) == 12
+    assert all(w.startswith("warning: skipped unreadable") for w in warnings)
+    assert error == "error: class 'red' has no readable training images"
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "m.tflite"]
+
+
+def test_python_api_runs_without_the_cli(
+    tmp_path: Path, models: dict[str, Path], colors: Path
+) -> None:
+    from workbench.pipeline import imprint_folder
+
+    result = imprint_folder(colors, models["float32"], output=tmp_path / "api.tflite")
+    assert result.model.exists() and result.report["top_k_accuracy"][0] == 1.0
+
+
+def test_help_lists_the_commands() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("imprint", "evaluate", "classify"):
+        assert command in result.stdout
+
+
+def test_images_of_any_size_and_mode_are_accepted(tmp_path: Path, models: dict[str, Path]) -> None:
+    rng = np.random.default_rng(0)
+    for name, color in (("warm", (220, 60, 30)), ("cold", (30, 60, 220))):
+        folder = tmp_path / "data" / name
+        folder.mkdir(parents=True)
+        for i in range(6):
+            pixels = np.clip(rng.normal(color, 20, (40 + 13 * i, 70, 3)), 0, 255).astype(np.uint8)
+            image = Image.fromarray(pixels)
+            image = image.convert("L").convert("RGB") if i == 5 else image
+            image.save(folder / f"{i}.{['png', 'jpg', 'bmp', 'gif', 'webp', 'png'][i]}")
+    result = invoke("imprint", tmp_path / "data", "-e", models["uint8"], "-o", tmp_path / "m",
+                    "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["num_images"] == 4
