@@ -85,3 +85,17 @@ def test_edgetpu_extractor_without_an_edgetpu_is_refused(tmp_path: Path) -> None
     )
     assert result.exit_code == 2
     assert "CPU build" in result.stderr
+
+
+def test_backprop_at_defaults_beats_coral(tmp_path: Path) -> None:
+    shared_file(FLOWERS)
+    extractor = shared_file(CORAL_EXTRACTOR)
+    out = tmp_path / "flowers_backprop.tflite"
+    result = runner.invoke(
+        app, ["backprop", str(FLOWERS), "--extractor", str(extractor), "-o", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["settings"]["epochs"] == 100 and report["head"]["num_val"] == 100
+    assert report["top_k_accuracy"][0] >= 0.89  # Coral-style backprop: 0.87
+    assert report["agreement"] >= 0.99

@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from workbench import backprop as backprop_defaults
 from workbench.dataset import DEFAULT_MAX_PER_CLASS, DEFAULT_SEED, DEFAULT_TEST_RATIO
 from workbench.errors import WorkbenchError
 
@@ -151,6 +152,62 @@ def imprint(
 
 @app.command()
 @handles_bad_input
+def backprop(
+    data_dir: DataDirArg,
+    extractor: ExtractorOpt = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Full passes over the training set.")] = (
+        backprop_defaults.DEFAULT_EPOCHS
+    ),
+    learning_rate: Annotated[
+        float, typer.Option("--learning-rate", help="Initial SGD step (cosine-decayed to 0).")
+    ] = backprop_defaults.DEFAULT_LEARNING_RATE,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Embeddings per SGD step.")
+    ] = backprop_defaults.DEFAULT_BATCH_SIZE,
+    reg: Annotated[
+        float, typer.Option("--reg", help="L2 regularization strength.")
+    ] = backprop_defaults.DEFAULT_REG,
+    weight_scale: Annotated[
+        float, typer.Option("--weight-scale", help="Std of the initial random weights.")
+    ] = backprop_defaults.DEFAULT_WEIGHT_SCALE,
+    val_ratio: Annotated[
+        float,
+        typer.Option(
+            "--val-ratio", help="Share of the training split used to pick the best epoch."
+        ),
+    ] = backprop_defaults.DEFAULT_VAL_RATIO,
+    output: OutputOpt = None,
+    test_ratio: TestRatioOpt = DEFAULT_TEST_RATIO,
+    max_per_class: MaxPerClassOpt = DEFAULT_MAX_PER_CLASS,
+    seed: SeedOpt = DEFAULT_SEED,
+    device: DeviceOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Last-layer backprop: softmax regression trained with SGD, exported as FC + softmax."""
+    from workbench.display import ConsoleReporter
+    from workbench.pipeline import backprop_folder
+
+    result = backprop_folder(
+        data_dir,
+        _require_extractor(extractor),
+        output=output,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        reg=reg,
+        weight_scale=weight_scale,
+        val_ratio=val_ratio,
+        test_ratio=test_ratio,
+        max_per_class=max_per_class,
+        seed=seed,
+        device=device,
+        reporter=ConsoleReporter(stderr()),
+    )
+    _print_training(result, json_output)
+
+
+@app.command()
+@handles_bad_input
 def evaluate(
     model: Annotated[Path, typer.Argument(help="Classification model .tflite.")],
     data_dir: DataDirArg,
@@ -211,6 +268,31 @@ def classify(
         emit_json(result)
     else:
         print_classification(stdout(), result)
+
+
+bench_app = typer.Typer(help="Benchmarks: measured and printed, never pass/fail.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("backprop")
+@handles_bad_input
+def bench_backprop_command(
+    samples: Annotated[int, typer.Option("--samples", help="Training embeddings.")] = 1000,
+    dim: Annotated[int, typer.Option("--dim", help="Embedding size.")] = 1024,
+    classes: Annotated[int, typer.Option("--classes", help="Number of classes.")] = 5,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs to train.")] = 100,
+    json_output: JsonOpt = False,
+) -> None:
+    """Time SoftmaxRegression training (all of it: conditioning, SGD, validation)."""
+    from workbench.bench import bench_backprop
+
+    result = bench_backprop(samples, dim, classes, epochs)
+    if json_output:
+        emit_json(result)
+    else:
+        from workbench.display import key_value_table
+
+        stdout().print(key_value_table("backprop training", result))
 
 
 def main() -> None:

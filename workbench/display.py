@@ -28,10 +28,19 @@ class ConsoleReporter(Reporter):
         self.quiet = quiet
 
     @contextmanager
-    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
-        if self.quiet or total <= 0 or not self.console.is_terminal:
-            # A live bar redrawn into a file or pipe is noise; logs get the warnings only.
-            yield lambda n: None
+    def task(self, description: str, total: int) -> Iterator[Callable[..., None]]:
+        if self.quiet or total <= 0:
+            yield lambda n, status=None: None
+            return
+        if not self.console.is_terminal:
+            # A live bar redrawn into a file or pipe is noise: logs get status lines only.
+            def log(n: int, status: str | None = None) -> None:
+                if status:
+                    self.console.print(
+                        f"{description}: {status}", markup=False, highlight=False, soft_wrap=True
+                    )
+
+            yield log
             return
         progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -39,12 +48,20 @@ class ConsoleReporter(Reporter):
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
             console=self.console,
             transient=True,
         )
         with progress:
-            task_id = progress.add_task(description, total=total)
-            yield lambda n: progress.advance(task_id, n)
+            task_id = progress.add_task(description, total=total, status="")
+
+            def advance(n: int, status: str | None = None) -> None:
+                if status is None:
+                    progress.advance(task_id, n)
+                else:
+                    progress.update(task_id, advance=n, status=status)
+
+            yield advance
 
     def warn(self, message: str) -> None:
         self.console.print(
@@ -109,3 +126,12 @@ def print_outputs(console: Console, paths: dict[str, str]) -> None:
     for what, path in paths.items():
         table.add_row(what, path)
     console.print(table)
+
+
+def key_value_table(title: str, values: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for key, value in values.items():
+        table.add_row(key, str(value))
+    return table

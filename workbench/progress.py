@@ -19,9 +19,12 @@ class Reporter:
     """Silent reporter: no bars; warnings through `warnings.warn`."""
 
     @contextmanager
-    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
-        """A unit of long work; the yielded function advances it by n items."""
-        yield lambda n: None
+    def task(self, description: str, total: int) -> Iterator[Callable[..., None]]:
+        """A unit of long work; the yielded `advance(n, status=None)` moves it on by n items.
+
+        `status` is a short line on how it goes (e.g. an epoch's loss and accuracy).
+        """
+        yield lambda n, status=None: None
 
     def warn(self, message: str) -> None:
         warnings.warn(message, WorkbenchWarning, stacklevel=3)

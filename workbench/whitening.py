@@ -51,18 +51,23 @@ def within_class_scatter(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarr
     return residuals.T @ residuals / max(len(x), 1)
 
 
-def fit_whitening(embeddings: np.ndarray, labels: np.ndarray) -> Whitening:
-    """Shrunk within-class whitening plus centering, fitted on training embeddings."""
+def fit_whitening(embeddings: np.ndarray, labels: np.ndarray, shrinkage: float = 1.0) -> Whitening:
+    """Shrunk within-class whitening plus centering, fitted on training embeddings.
+
+    `shrinkage` is the multiple of the mean eigenvalue added to every eigenvalue: larger
+    values whiten more gently (infinity would leave the embeddings as they are).
+    """
     x = np.asarray(embeddings, np.float64)
     dim = x.shape[1]
     scatter = within_class_scatter(x, labels)
     level = float(np.trace(scatter)) / dim
+    ridge = shrinkage * level
     if level <= 0.0:
         matrix = np.eye(dim)
     else:
-        eigenvalues, vectors = np.linalg.eigh(scatter + level * np.eye(dim))
-        eigenvalues = np.maximum(eigenvalues, level * 1e-6)
+        eigenvalues, vectors = np.linalg.eigh(scatter + ridge * np.eye(dim))
+        eigenvalues = np.maximum(eigenvalues, ridge * 1e-6)
         # Scaled so a typical direction keeps unit gain: only the relative weighting matters
         # to cosines, and values near the input's keep the exported layer's range familiar.
-        matrix = (vectors * np.sqrt(level / eigenvalues)) @ vectors.T
+        matrix = (vectors * np.sqrt(ridge / eigenvalues)) @ vectors.T
     return Whitening(matrix=matrix, mean=x.mean(axis=0))

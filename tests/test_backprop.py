@@ -1,0 +1,224 @@
+"""The softmax-regression trainer: its gradient, what it learns, and its exported layer."""
+
+from __future__ import annotations
+
+import json
+from math import erf, sqrt
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tests.test_heads import EMBEDDING_QUANT, clustered_features, embedding_graph, run_head
+from workbench.backprop import (
+    FeatureMap,
+    SoftmaxRegression,
+    train_backprop,
+    validation_rows,
+)
+from workbench.cli import app
+from workbench.export import workbench_metadata
+from workbench.tflite.graph import Graph
+from workbench.tflite.heads import append_softmax_regression_tail
+
+runner = CliRunner()
+
+
+def gaussian_classes(
+    n: int, dim: int, separation: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two unit-variance Gaussian classes whose means differ by `separation` along axis 0."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, size=n)
+    x = rng.normal(size=(n, dim))
+    x[:, 0] += np.where(labels == 1, separation / 2, -separation / 2)
+    return x, labels
+
+
+def test_gradient_matches_finite_differences() -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(7, 5)), rng.integers(0, 3, size=7)
+    model = SoftmaxRegression(5, 3, weight_scale=0.5, reg=0.2, seed=1)
+    _, grad_w, grad_b = model.loss_and_gradients(x, y)
+    eps = 1e-6
+    for params, grad in ((model.weights, grad_w), (model.bias, grad_b)):
+        numeric = np.zeros_like(params)
+        for index in np.ndindex(params.shape):
+            saved = params[index]
+            params[index] = saved + eps
+            plus = model.loss_and_gradients(x, y)[0]
+            params[index] = saved - eps
+            minus = model.loss_and_gradients(x, y)[0]
+            params[index] = saved
+            numeric[index] = (plus - minus) / (2 * eps)
+        np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("condition", ["whiten", "standardize", "none"])
+def test_learns_separable_classes_perfectly(condition: str) -> None:
+    x, y = clustered_features(600, 32, 8, seed=3)
+    head = train_backprop(x[:400], y[:400], 8, epochs=30, seed=0, condition=condition)
+    assert np.mean(head.logits(x[400:]).argmax(1) == y[400:]) == 1.0
+    losses = [s.loss for s in head.history]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_non_separable_classes_reach_the_bayes_rate() -> None:
+    # Means 2 apart, unit variance: the best possible accuracy is Phi(1) = 0.841; a model that
+    # learned nothing gets 0.5, a wrong-signed gradient less.
+    bayes = 0.5 * (1 + erf(1 / sqrt(2)))
+    x, y = gaussian_classes(4000, 20, separation=2.0, seed=4)
+    head = train_backprop(x[:2000], y[:2000], 2, seed=0)
+    accuracy = np.mean(head.logits(x[2000:]).argmax(1) == y[2000:])
+    assert bayes - 0.03 <= accuracy <= bayes + 0.02
+    # The 19 noise dimensions must end up with little weight next to the informative one.
+    contrast = head.weights[:, 1] - head.weights[:, 0]
+    assert abs(contrast[0]) > 5 * np.abs(contrast[1:]).max()
+
+
+def test_same_seed_same_model_other_seed_other_model() -> None:
+    x, y = clustered_features(300, 16, 4, seed=5)
+    a = train_backprop(x, y, 4, epochs=5, seed=7)
+    b = train_backprop(x, y, 4, epochs=5, seed=7)
+    c = train_backprop(x, y, 4, epochs=5, seed=8)
+    assert np.array_equal(a.weights, b.weights) and np.array_equal(a.bias, b.bias)
+    assert [s.loss for s in a.history] == [s.loss for s in b.history]
+    assert not np.allclose(a.weights, c.weights)
+
+
+def test_keeps_the_epoch_with_the_best_validation_accuracy() -> None:
+    x, y = gaussian_classes(600, 40, separation=1.5, seed=6)
+    head = train_backprop(x, y, 2, epochs=40, learning_rate=0.5, val_ratio=0.3, seed=1)
+    val_accuracy = [s.val_accuracy for s in head.history]
+    best = max(val_accuracy)
+    assert val_accuracy[head.best_epoch - 1] == best
+    assert head.best_epoch == max(i + 1 for i, v in enumerate(val_accuracy) if v == best)
+    assert (head.num_train, head.num_val) == (420, 180)
+
+
+def test_validation_part_is_stratified_and_leaves_training_rows() -> None:
+    labels = np.repeat([0, 1, 2], [50, 10, 1])
+    rows = validation_rows(labels, 0.1, seed=0)
+    assert np.bincount(labels[rows], minlength=3).tolist() == [5, 1, 0]
+    assert validation_rows(labels, 0.0, seed=0).size == 0
+    assert validation_rows(np.array([0, 1]), 0.5, seed=0).size == 0
+
+
+def test_feature_map_folds_into_raw_weights() -> None:
+    x, y = clustered_features(100, 12, 3, seed=7)
+    weights, bias = np.random.default_rng(0).normal(size=(12, 3)), np.arange(3.0)
+    for features in (FeatureMap.whiten(x, y, 3.0), FeatureMap.standardize(x)):
+        folded_w, folded_b = features.fold(weights, bias)
+        np.testing.assert_allclose(
+            features.apply(x) @ weights + bias, x @ folded_w + folded_b, atol=1e-9
+        )
+
+
+def test_diverging_training_says_so() -> None:
+    x, y = clustered_features(100, 12, 3, seed=7)
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        train_backprop(x, y, 3, epochs=50, learning_rate=10, reg=10, batch_size=10)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "float32"])
+def test_exported_layer_matches_the_float_head(tmp_path: Path, dtype: str) -> None:
+    dim, classes = 24, 6
+    x, y = clustered_features(400, dim, classes, seed=1)
+    head = train_backprop(x[:300], y[:300], classes, epochs=20, seed=0)
+    logits = head.logits(x[:300])
+    graph, _ = embedding_graph(dtype, [1, 1, 1, dim])
+    append_softmax_regression_tail(
+        graph, head.weights.T, head.bias, (float(logits.min()), float(logits.max()))
+    )
+    assert graph.op_names()[-2:] == ["FULLY_CONNECTED", "SOFTMAX"]
+    inputs = x[300:].astype(np.float32)
+    if EMBEDDING_QUANT[dtype] is not None:
+        q = EMBEDDING_QUANT[dtype]
+        info = np.iinfo(np.dtype(dtype))
+        inputs = np.clip(np.round(x[300:] / q.scale[0]) + q.zero_point[0], info.min, info.max)
+        inputs = inputs.astype(dtype)
+    scores = run_head(tmp_path, graph, inputs)
+    expected = head.scores(x[300:])
+    if dtype == "float32":
+        np.testing.assert_allclose(scores, expected, atol=1e-5)
+        return
+    fc = graph.operators[-2]
+    kernel, bias = fc.inputs[1], fc.inputs[2]
+    assert graph.dtype(kernel) == np.dtype(dtype) and graph.dtype(bias) == np.int32
+    in_scale = EMBEDDING_QUANT[dtype].scale[0]
+    assert graph.quant(bias).scale[0] == pytest.approx(in_scale * graph.quant(kernel).scale[0])
+    if dtype == "int8":
+        assert graph.quant(kernel).zero_point[0] == 0
+    assert graph.dtype(graph.outputs[0]) == np.dtype(dtype)
+    assert np.abs(scores - expected).max() < 0.05
+    assert np.mean(scores.argmax(1) == expected.argmax(1)) >= 0.98
+
+
+@pytest.fixture(scope="module")
+def backprop_run(
+    tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path], five_classes: Path
+) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("backprop") / "five.tflite"
+    result = runner.invoke(
+        app,
+        ["backprop", str(five_classes), "-e", str(models["uint8"]), "-o", str(out), "--json",
+         "--epochs", "30"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout)
+
+
+def test_backprop_cli_writes_model_labels_and_report(backprop_run: tuple[Path, dict]) -> None:
+    out, report = backprop_run
+    assert out.exists() and out.with_suffix(".txt").exists()
+    assert json.loads(out.with_suffix(".report.json").read_text()) == report
+    assert report["trainer"] == "backprop"
+    assert report["top_k_accuracy"][0] >= 0.9
+    assert report["agreement"] >= 0.95
+    curve = report["training_curve"]
+    assert [e["epoch"] for e in curve] == list(range(1, 31))
+    assert {"loss", "train_accuracy", "val_accuracy", "learning_rate"} <= set(curve[0])
+    assert report["settings"]["epochs"] == 30 and report["settings"]["batch_size"] == 100
+    graph = Graph.load(out)
+    assert graph.op_names()[-2:] == ["FULLY_CONNECTED", "SOFTMAX"]
+    assert graph.dtype(graph.outputs[0]) == np.uint8
+    assert workbench_metadata(graph)["trainer"] == "backprop"
+
+
+@pytest.mark.parametrize("kind", ["int8", "float32_2d"])
+def test_backprop_works_with_int8_and_float_extractors(
+    tmp_path: Path, models: dict[str, Path], colors: Path, kind: str
+) -> None:
+    out = tmp_path / "m.tflite"
+    result = runner.invoke(
+        app, ["backprop", str(colors), "-e", str(models[kind]), "-o", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["top_k_accuracy"][0] == 1.0 and report["agreement"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--epochs", "0"), ("--val-ratio", "1.5"), ("--batch-size", "0"), ("--learning-rate", "0")],
+)
+def test_bad_training_settings_exit_2(
+    tmp_path: Path, models: dict[str, Path], colors: Path, option: str, value: str
+) -> None:
+    out = tmp_path / "m.tflite"
+    result = runner.invoke(
+        app, ["backprop", str(colors), "-e", str(models["uint8"]), "-o", str(out), option, value]
+    )
+    assert result.exit_code == 2
+    assert option in result.stderr and not out.exists()
+
+
+def test_bench_backprop_prints_its_measurement() -> None:
+    result = runner.invoke(
+        app, ["bench", "backprop", "--samples", "60", "--dim", "8", "--epochs", "3", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    assert (figures["samples"], figures["dim"], figures["epochs"]) == (60, 8, 3)
+    assert figures["seconds"] > 0
