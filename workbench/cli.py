@@ -270,6 +270,34 @@ def classify(
         print_classification(stdout(), result)
 
 
+@app.command()
+@handles_bad_input
+def inspect(
+    model: Annotated[Path, typer.Argument(help="A .tflite model (CPU or _edgetpu build).")],
+    runtime_version: Annotated[
+        int,
+        typer.Option(
+            "--runtime-version", help="Edge TPU runtime version to check against (13, 14...)."
+        ),
+    ] = 14,
+    json_output: JsonOpt = False,
+) -> None:
+    """Will MODEL run on the Edge TPU, and where will it split? Offline, no compiler needed.
+
+    Exit code 0: it all runs on the Edge TPU; 1: part or all of it would run on the CPU.
+    """
+    from workbench.inspection import inspect_model
+
+    result = inspect_model(model, runtime_version)
+    if json_output:
+        emit_json(result.to_json())
+    else:
+        from workbench.display import print_inspection
+
+        print_inspection(stdout(), result)
+    raise typer.Exit(result.exit_code)
+
+
 bench_app = typer.Typer(help="Benchmarks: measured and printed, never pass/fail.")
 app.add_typer(bench_app, name="bench")
 

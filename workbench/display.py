@@ -135,3 +135,58 @@ def key_value_table(title: str, values: dict[str, Any]) -> Table:
     for key, value in values.items():
         table.add_row(key, str(value))
     return table
+
+
+def _quant_text(scale: float | None, zero_point: int | None) -> str:
+    return "-" if scale is None else f"scale {scale:.6g}, zero point {zero_point}"
+
+
+def print_inspection(console: Console, result: Any) -> None:
+    """The `workbench inspect` report: I/O, per-op verdicts, the predicted split, memory."""
+    io = Table(title=f"{result.path}: inputs and outputs")
+    for name in ("", "name", "shape", "dtype", "quantization"):
+        io.add_column(name)
+    for kind, infos in (("input", result.inputs), ("output", result.outputs)):
+        for info in infos:
+            io.add_row(
+                kind,
+                info.name,
+                str(info.shape),
+                info.dtype,
+                _quant_text(info.scale, info.zero_point),
+            )
+    console.print(io)
+    ops = Table(title=f"Ops (checked for Edge TPU runtime version {result.runtime_version})")
+    for name in ("#", "op", "output shape", "where", "verdict"):
+        ops.add_column(name, justify="right" if name == "#" else "left")
+    for op in result.ops:
+        style = "green" if op.placement != "cpu" else ("red" if op.reasons else "yellow")
+        where = {"edgetpu": "Edge TPU", "compiled": "Edge TPU", "cpu": "CPU"}[op.placement]
+        ops.add_row(str(op.index), op.op, str(op.output_shape), where, op.verdict(), style=style)
+    console.print(ops)
+    summary = Table(title="Summary", show_header=False)
+    summary.add_column("what")
+    summary.add_column("value")
+    summary.add_row("verdict", result.summary)
+    if result.cpu_mac_share is not None:
+        summary.add_row(
+            "on the CPU", f"{result.cpu_ops} ops, {100 * result.cpu_mac_share:.1f}% of the MACs"
+        )
+    summary.add_row(
+        "parameters",
+        f"{result.parameter_bytes / 2**20:.2f} MiB of ~8 MiB on-chip"
+        + (" (will stream)" if result.parameters_stream else ""),
+    )
+    if result.workbench:
+        classes = result.workbench.get("classes") or []
+        summary.add_row(
+            "trained by workbench",
+            f"{result.workbench.get('trainer')}: {len(classes)} classes ({', '.join(classes)})",
+        )
+    if result.coral_imprinting_format:
+        summary.add_row(
+            "format", "Coral imprinting model (pycoral's ImprintingEngine can train it)"
+        )
+    console.print(summary)
+    for warning in result.warnings:
+        console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False)
