@@ -141,6 +141,13 @@ class SoftmaxRegression:
         probs /= n
         return loss, x.T @ probs + self.reg * self.weights, probs.sum(axis=0)
 
+    def step_sgd(self, x: np.ndarray, labels: np.ndarray, learning_rate: float) -> float:
+        """One plain SGD step on a mini-batch; returns the batch loss before the step."""
+        loss, grad_w, grad_b = self.loss_and_gradients(x, labels)
+        self.weights -= learning_rate * grad_w
+        self.bias -= learning_rate * grad_b
+        return loss
+
     def fit(
         self,
         train_x: np.ndarray,

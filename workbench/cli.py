@@ -129,6 +129,26 @@ def imprint(
             "(more accurate); --no-whiten gives Coral's plain imprinting head.",
         ),
     ] = True,
+    base: Annotated[
+        Path | None,
+        typer.Option(
+            "--base",
+            help="Continue from this imprinting model (workbench's or Coral's): its extractor "
+            "is reused and only DATA_DIR's images are extracted.",
+        ),
+    ] = None,
+    keep_classes: Annotated[
+        bool,
+        typer.Option(
+            "--keep-classes",
+            help="With --base: keep the base's classes; folders named like one of its "
+            "imprinted classes add images to it.",
+        ),
+    ] = False,
+    base_labels: Annotated[
+        Path | None,
+        typer.Option("--base-labels", help="Labels of the --base model (default: BASE.txt)."),
+    ] = None,
     device: DeviceOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -136,9 +156,14 @@ def imprint(
     from workbench.display import ConsoleReporter
     from workbench.pipeline import imprint_folder
 
+    if keep_classes and base is None:
+        raise WorkbenchError("--keep-classes needs --base MODEL.tflite")
     result = imprint_folder(
         data_dir,
-        _require_extractor(extractor),
+        extractor if base is not None else _require_extractor(extractor),
+        base=base,
+        keep_classes=keep_classes,
+        base_labels=base_labels,
         output=output,
         test_ratio=test_ratio,
         max_per_class=max_per_class,
@@ -296,6 +321,78 @@ def inspect(
 
         print_inspection(stdout(), result)
     raise typer.Exit(result.exit_code)
+
+
+@app.command()
+@handles_bad_input
+def extractor(
+    classifier: Annotated[Path, typer.Argument(help="A classification model .tflite (CPU build).")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Extractor to write (default: NAME_extractor.tflite)."),
+    ] = None,
+    tensor: Annotated[
+        str | None,
+        typer.Option(
+            "--tensor", help="Cut at this tensor (default: the input of the final logits layer)."
+        ),
+    ] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Cut a classifier at its embedding: an extractor for imprint and backprop."""
+    from workbench.export import write_files_atomically
+    from workbench.runtime import load_model
+    from workbench.surgery import cut_extractor
+    from workbench.tflite.graph import Graph
+
+    source = Graph.load(classifier)
+    cut = cut_extractor(source, tensor)
+    dim = cut.embedding_dim
+    data = cut.graph.to_bytes()
+    target = output or Path(f"{classifier.stem}_extractor.tflite")
+    checked = load_model(target, content=data)  # it must load and run before it is written
+    write_files_atomically({target: data})
+    info = {
+        "extractor": str(target),
+        "cut_at_tensor": cut.embedding_name,
+        "embedding_dim": dim,
+        "output_dtype": str(checked.output.dtype),
+        "ops_kept": cut.ops_kept,
+        "ops_dropped": len(source.operators) - cut.ops_kept,
+        "bytes": len(data),
+    }
+    if json_output:
+        emit_json(info)
+    else:
+        from workbench.display import key_value_table
+
+        stdout().print(key_value_table(f"Extractor cut from {classifier.name}", info))
+
+
+@app.command()
+@handles_bad_input
+def devices(json_output: JsonOpt = False) -> None:
+    """List the Edge TPUs this machine can use (through libedgetpu's C API)."""
+    from workbench.runtime import INSTALL_HINT, list_edge_tpus
+
+    found = list_edge_tpus()
+    if json_output:
+        emit_json({"runtime": found.library, "version": found.version, "devices": found.devices})
+        return
+    if found.library is None:
+        print(f"No Edge TPU runtime installed ({found.error}); to use an Edge TPU, {INSTALL_HINT}.")
+        return
+    if not found.devices:
+        print(f"Edge TPU runtime {found.version or found.library}: no Edge TPU found.")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Edge TPUs ({found.version or found.library})")
+    for name in ("--device", "type", "path"):
+        table.add_column(name)
+    for device in found.devices:
+        table.add_row(f"{device['device']} (or {device['any']})", device["type"], device["path"])
+    stdout().print(table)
 
 
 bench_app = typer.Typer(help="Benchmarks: measured and printed, never pass/fail.")

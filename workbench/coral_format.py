@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from workbench.errors import WorkbenchError
+from workbench.imprint import ImprintedClasses, l2_normalize
 from workbench.tflite.graph import Graph
 
 TAIL = ("CONV_2D", "MUL", "RESHAPE", "SOFTMAX")
@@ -111,3 +113,54 @@ def parse_training_state(description: str) -> dict[int, float]:
 def training_state_text(norms: np.ndarray, trainable: np.ndarray) -> str:
     """The description Coral writes: one `<class id> <norm>` line per imprinted class."""
     return "".join(f"{i} {norms[i]:f}\n" for i in range(len(norms)) if trainable[i])
+
+
+@dataclass
+class ImprintingModel:
+    """What an imprinting model holds: its extractor (up to the L2Norm) and its classes."""
+
+    extractor: Graph  # ends at the L2Norm output [1, 1, 1, D]
+    embedding: int  # the L2Norm output in `extractor`
+    classes: ImprintedClasses
+    scale_factor: float
+
+
+def read_imprinting_model(graph: Graph) -> ImprintingModel:
+    """Split a Coral-format imprinting model into its extractor and its class state.
+
+    Classes listed in the description's training state were trained by imprinting: their
+    sums are recovered as weight x norm, so training can go on where it stopped. Others are
+    kept with their weights but cannot be retrained (as in libcoral).
+    """
+    from workbench.surgery import cut_at
+
+    problems = imprinting_problems(graph)
+    if problems:
+        raise WorkbenchError("not an imprinting model (Coral format): " + "; ".join(problems))
+    layout = imprinting_layout(graph)
+    assert layout is not None
+    kernel = _dequantized(graph, layout.kernel).reshape(layout.num_classes, -1)
+    weights = l2_normalize(kernel)
+    state = parse_training_state(graph.description())
+    trainable = np.array([c in state for c in range(layout.num_classes)], bool)
+    norms = np.array([state.get(c, 1.0) for c in range(layout.num_classes)])
+    scale = float(np.ravel(_dequantized(graph, layout.scale_factor))[0])
+    extractor = cut_at(graph, layout.embedding, flatten=False)
+    return ImprintingModel(
+        extractor=extractor,
+        embedding=extractor.outputs[0],
+        classes=ImprintedClasses(
+            weights * norms[:, None], trainable, np.zeros(layout.num_classes, np.int64)
+        ),
+        scale_factor=scale,
+    )
+
+
+def _dequantized(graph: Graph, tensor: int) -> np.ndarray:
+    values = graph.constant(tensor)
+    if values is None:
+        raise WorkbenchError(f"tensor {graph.tensor_name(tensor)!r} should be a constant")
+    quant = graph.quant(tensor)
+    if quant is None or graph.dtype(tensor) == np.float32:
+        return values.astype(np.float64)
+    return (values.astype(np.float64) - quant.zero_point[0]) * quant.scale[0]

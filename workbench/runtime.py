@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -34,11 +35,13 @@ except ImportError:
 
     RUNTIME_NAME = "ai_edge_litert"
 
-EDGETPU_LIBRARY = {
+# WORKBENCH_EDGETPU_LIBRARY points at a libedgetpu outside the loader's search path.
+EDGETPU_LIBRARY = os.environ.get("WORKBENCH_EDGETPU_LIBRARY") or {
     "Linux": "libedgetpu.so.1",
     "Darwin": "libedgetpu.1.dylib",
     "Windows": "edgetpu.dll",
 }.get(platform.system(), "libedgetpu.so.1")
+DEVICE_PATTERN = re.compile(r"^(usb|pci)?(:\d+)?$")
 
 INSTALL_HINT = (
     "install the Edge TPU runtime (Debian: apt install libedgetpu1-std, "
@@ -93,6 +96,8 @@ def edgetpu_delegate(device: str | None = None) -> Any:
     device fails, so delegates are kept for the life of the process and shared.
     """
     key = device or ""
+    if device is not None and (not device or not DEVICE_PATTERN.match(device)):
+        raise WorkbenchError(f"bad device {device!r}: use usb, usb:N, pci, pci:N or :N")
     if key not in _delegates:
         where = f" device {device!r}" if device else ""
         try:
@@ -113,6 +118,60 @@ def edgetpu_delegate(device: str | None = None) -> Any:
                 f"{INSTALL_HINT}"
             ) from None
     return _delegates[key]
+
+
+class _EdgeTpuDevice(ctypes.Structure):
+    """`struct edgetpu_device` of libedgetpu's C API (edgetpu_c.h)."""
+
+    _fields_ = [("type", ctypes.c_int), ("path", ctypes.c_char_p)]
+
+
+DEVICE_TYPES = {0: "pci", 1: "usb"}  # enum edgetpu_device_type
+
+
+@dataclass(frozen=True)
+class EdgeTpuRuntime:
+    """What `workbench devices` reports: the runtime library, its version, the devices."""
+
+    library: str | None  # None: no Edge TPU runtime installed
+    version: str | None
+    devices: list[dict[str, str]]
+    error: str | None = None
+
+
+def list_edge_tpus() -> EdgeTpuRuntime:
+    """Enumerate Edge TPUs through libedgetpu's C API (`edgetpu_list_devices`)."""
+    try:
+        lib = ctypes.CDLL(EDGETPU_LIBRARY)
+    except OSError as e:
+        return EdgeTpuRuntime(None, None, [], str(e))
+    version = None
+    if hasattr(lib, "edgetpu_version"):
+        lib.edgetpu_version.restype = ctypes.c_char_p
+        raw = lib.edgetpu_version()
+        version = raw.decode(errors="replace") if raw else None
+    lib.edgetpu_list_devices.restype = ctypes.POINTER(_EdgeTpuDevice)
+    lib.edgetpu_list_devices.argtypes = [ctypes.POINTER(ctypes.c_size_t)]
+    count = ctypes.c_size_t(0)
+    found = lib.edgetpu_list_devices(ctypes.byref(count))
+    devices = []
+    per_type: dict[str, int] = {}
+    for i in range(count.value if found else 0):
+        entry = found[i]
+        kind = DEVICE_TYPES.get(entry.type, str(entry.type))
+        devices.append(
+            {
+                "type": kind,
+                "path": entry.path.decode(errors="replace") if entry.path else "",
+                "device": f"{kind}:{per_type.get(kind, 0)}",  # what --device takes
+                "any": f":{i}",
+            }
+        )
+        per_type[kind] = per_type.get(kind, 0) + 1
+    if found:
+        lib.edgetpu_free_devices.argtypes = [ctypes.POINTER(_EdgeTpuDevice)]
+        lib.edgetpu_free_devices(found)
+    return EdgeTpuRuntime(EDGETPU_LIBRARY, version, devices)
 
 
 @dataclass(frozen=True)
@@ -186,14 +245,17 @@ def load_model(
     path: str | Path,
     device: str | None = None,
     num_threads: int | None = None,
+    content: bytes | None = None,
 ) -> LoadedModel:
     """Load a `.tflite` for inference, on the Edge TPU when it was compiled for one.
 
+    With `content` the model comes from memory (a model built on the fly, such as the
+    extractor part of an imprinting model) and `path` only names it in messages.
     Raises WorkbenchError for a missing, damaged or unsupported file, and for an Edge TPU
     model when no Edge TPU runtime can be loaded (naming the CPU build as the way out).
     """
     path = Path(path)
-    data = read_model_bytes(path)
+    data = read_model_bytes(path) if content is None else content
     graph_ops = _op_codes(unpack_model(data, str(path)))
     edgetpu = EDGETPU_CUSTOM_CODE in graph_ops
     delegates = []
@@ -211,7 +273,7 @@ def load_model(
     with native_stderr() as native:
         try:
             interpreter = Interpreter(
-                model_path=str(path),
+                model_content=data,
                 experimental_delegates=delegates or None,
                 num_threads=num_threads or cpu_threads(),
             )

@@ -375,3 +375,71 @@ class Graph:
 
     def set_description(self, text: str) -> None:
         self.model.description = text
+
+    # --- removing ---------------------------------------------------------------------------------
+
+    def prune(self) -> None:
+        """Drop the operators the outputs do not need, then unreferenced tensors and buffers.
+
+        Used after moving the outputs up the graph (cutting a classifier at its embedding):
+        the dropped layers' weights must not stay behind in the file.
+        """
+        needed = set(self.outputs)
+        kept_ops: list[fb.OperatorT] = []
+        for op in reversed(self.operators):
+            if any(int(t) in needed for t in _indices(op.outputs)):
+                kept_ops.append(op)
+                needed.update(t for t in _indices(op.inputs) if t >= 0)
+        kept_ops.reverse()
+        used = set(self.inputs) | set(self.outputs)
+        for op in kept_ops:
+            for field_name in ("inputs", "outputs", "intermediates"):
+                used.update(t for t in _indices(getattr(op, field_name, None)) if t >= 0)
+        order = sorted(used)
+        remap = {old: new for new, old in enumerate(order)}
+
+        def moved(indices: object) -> np.ndarray:
+            return np.asarray(
+                [remap[t] if t >= 0 else -1 for t in _indices(indices)], dtype=np.int32
+            )
+
+        for op in kept_ops:
+            op.inputs = moved(op.inputs)
+            op.outputs = moved(op.outputs)
+            if getattr(op, "intermediates", None) is not None:
+                op.intermediates = moved(op.intermediates)
+        self.subgraph.tensors = [self.tensors[i] for i in order]
+        self.subgraph.operators = kept_ops
+        self.subgraph.inputs = [remap[t] for t in self.inputs]
+        self.subgraph.outputs = [remap[t] for t in self.outputs]
+        for signature in self.model.signatureDefs or []:
+            if signature.subgraphIndex not in (0, None):
+                continue
+            signature.inputs = [e for e in signature.inputs or [] if e.tensorIndex in remap]
+            for entry in signature.inputs:
+                entry.tensorIndex = remap[entry.tensorIndex]
+            signature.outputs = [e for e in signature.outputs or [] if e.tensorIndex in remap]
+            for entry in signature.outputs:
+                entry.tensorIndex = remap[entry.tensorIndex]
+        self.prune_buffers()
+
+    def prune_buffers(self) -> None:
+        referenced = {0}
+        for subgraph in self.model.subgraphs:
+            referenced.update(int(t.buffer) for t in subgraph.tensors or [])
+        referenced.update(int(m.buffer) for m in self.model.metadata or [])
+        referenced.update(_indices(self.model.metadataBuffer))
+        order = sorted(b for b in referenced if b < len(self.model.buffers))
+        remap = {old: new for new, old in enumerate(order)}
+        self.model.buffers = [self.model.buffers[b] for b in order]
+        for subgraph in self.model.subgraphs:
+            for tensor in subgraph.tensors or []:
+                tensor.buffer = remap[int(tensor.buffer)]
+        for entry in self.model.metadata or []:
+            entry.buffer = remap[int(entry.buffer)]
+        if self.model.metadataBuffer is not None:
+            self.model.metadataBuffer = [remap[b] for b in _indices(self.model.metadataBuffer)]
+
+
+def _indices(values: object) -> list[int]:
+    return [] if values is None else [int(v) for v in values]  # type: ignore[union-attr]
