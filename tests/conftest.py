@@ -17,6 +17,14 @@ FLOWERS = SHARED / "datasets" / "flower_photos"
 CORAL_EXTRACTOR = CORAL / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Keep the tests' embedding cache out of the user's cache folder."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["WORKBENCH_CACHE_DIR"] = str(path)
+    return path
+
+
 def shared_file(path: Path) -> Path:
     """The path, or skip the test when ../shared (not shipped to users) is absent."""
     if not path.exists():

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import sys
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from workbench.backprop import DEFAULT_EPOCHS, train_backprop
+from workbench.cache import OutputCache
+from workbench.dataset import scan
+from workbench.embeddings import run_model
+from workbench.images import Preprocessing, load_input
+from workbench.progress import Reporter
+from workbench.runtime import LoadedModel, cpu_threads, load_model
+
+# Distinct inputs kept in memory for the invoke-only loop (the content does not change the time).
+INVOKE_SAMPLE = 64
 
 
 def bench_backprop(
@@ -29,4 +42,138 @@ def bench_backprop(
         "seconds": round(seconds, 3),
         "ms_per_epoch": round(1000 * seconds / epochs, 3),
         "best_epoch": head.best_epoch,
+    }
+
+
+def _peak_rss_reset() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux), so a phase's own peak can be read."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def coral_demo_loop(model: LoadedModel, paths: list[Path]) -> np.ndarray:
+    """Coral's demos: open, convert, resize NEAREST, invoke, one image at a time."""
+    from PIL import Image
+
+    size = (model.input.shape[2], model.input.shape[1])
+    out = np.empty((len(paths), int(np.prod(model.output.shape[1:]))), np.float32)
+    for i, path in enumerate(paths):
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB").resize(size, Image.Resampling.NEAREST))
+        out[i] = model.output.dequantize(model.run(pixels[np.newaxis])).reshape(-1)
+    return out
+
+
+def invoke_only(model: LoadedModel, inputs: list[np.ndarray], count: int) -> None:
+    """`count` invokes on preloaded inputs: the interpreter's own cost, the floor."""
+    for i in range(count):
+        model.run(inputs[i % len(inputs)])
+
+
+def bench_pipeline(
+    data_dir: str | Path,
+    extractor: str | Path,
+    limit: int | None = None,
+    device: str | None = None,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Time the four ways of embedding the same images, in one process, one after another.
+
+    Workbench cold runs first, so the peak RSS it reports is that of a full extraction.
+    """
+    reporter = reporter or Reporter()
+    dataset = scan(data_dir)
+    paths = [p for name in dataset.classes for p in dataset.images[name]]
+    if limit is not None:
+        paths = paths[: max(1, limit)]
+    model = load_model(extractor, device=device)
+    prep = Preprocessing.for_input(model.input)
+    n = len(paths)
+    model.run(load_input(paths[0], prep))  # first invoke (delegate set-up, caches) not timed
+
+    def timed(description: str, work: Callable[[], object]) -> float:
+        with reporter.task(description, 1) as advance:
+            start = time.perf_counter()
+            work()
+            seconds = time.perf_counter() - start
+            advance(1)
+        return seconds
+
+    width = int(np.prod(model.output.shape[1:]))
+    reset = _peak_rss_reset()
+    cold = timed("workbench cold", lambda: run_model(model, paths, prep))
+    peak = _peak_rss_mb()
+    with tempfile.TemporaryDirectory(prefix="workbench-bench-") as cache_root:
+        cache = OutputCache(cache_root, model.sha256, prep.key(), width)
+        run_model(model, paths, prep, cache=cache)  # fill the cache (not timed)
+        cache.close()
+        warm_cache = OutputCache(cache_root, model.sha256, prep.key(), width)
+        warm = timed(
+            "workbench warm cache", lambda: run_model(model, paths, prep, cache=warm_cache)
+        )
+        warm_cache.close()
+    coral = timed("Coral demo loop", lambda: coral_demo_loop(model, paths))
+    preloaded = [load_input(p, prep) for p in paths[:INVOKE_SAMPLE]]
+    invoke = timed("invoke only", lambda: invoke_only(model, preloaded, n))
+    return {
+        "images": n,
+        "extractor": str(extractor),
+        "threads": cpu_threads(),
+        "ms_per_image": {
+            "coral_loop": round(1000 * coral / n, 3),
+            "invoke_only": round(1000 * invoke / n, 3),
+            "workbench_cold": round(1000 * cold / n, 3),
+            "workbench_warm": round(1000 * warm / n, 3),
+        },
+        "cold_over_coral_loop": round(cold / coral, 3),
+        "cold_over_invoke": round(cold / invoke, 3),
+        "warm_over_cold": round(warm / cold, 4),
+        "peak_rss_mb": round(peak, 1),
+        "peak_rss_scope": "workbench cold extraction" if reset else "whole process so far",
+    }
+
+
+def bench_model(
+    model_path: str | Path, device: str | None = None, runs: int = 100
+) -> dict[str, Any]:
+    """First-invoke and steady-state latency of a model on a fixed input."""
+    start = time.perf_counter()
+    model = load_model(model_path, device=device)
+    load_ms = 1000 * (time.perf_counter() - start)
+    rng = np.random.default_rng(0)
+    if model.input.dtype == np.float32:
+        x = rng.uniform(-1, 1, size=model.input.shape).astype(np.float32)
+    else:
+        info = np.iinfo(model.input.dtype)
+        x = rng.integers(info.min, info.max + 1, size=model.input.shape).astype(model.input.dtype)
+    first = 1000 * model.timed_run(x)[1]
+    times = 1000 * np.array([model.timed_run(x)[1] for _ in range(max(runs, 1))])
+    return {
+        "model": str(model_path),
+        "device": device or ("edgetpu" if model.edgetpu else "cpu"),
+        "threads": cpu_threads(),
+        "load_ms": round(load_ms, 3),
+        "first_invoke_ms": round(first, 3),
+        "runs": len(times),
+        "min_ms": round(float(times.min()), 3),
+        "median_ms": round(float(np.median(times)), 3),
+        "p90_ms": round(float(np.percentile(times, 90)), 3),
     }

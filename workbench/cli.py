@@ -85,6 +85,25 @@ DeviceOpt = Annotated[
     typer.Option("--device", help="Edge TPU to use: usb, usb:N, pci, pci:N or :N."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="Where extracted embeddings are cached (default: the user cache folder, "
+        "or $WORKBENCH_CACHE_DIR).",
+    ),
+]
+NoCacheOpt = Annotated[
+    bool, typer.Option("--no-cache", help="Neither read nor write the embedding cache.")
+]
+
+
+def _cache_choice(cache_dir: Path | None, no_cache: bool) -> bool | Path:
+    if no_cache:
+        return False
+    return cache_dir if cache_dir is not None else True
+
+
 DataDirArg = Annotated[Path, typer.Argument(help="Folder with one sub-folder of images per class.")]
 
 
@@ -149,6 +168,8 @@ def imprint(
         Path | None,
         typer.Option("--base-labels", help="Labels of the --base model (default: BASE.txt)."),
     ] = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
     device: DeviceOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -170,6 +191,7 @@ def imprint(
         seed=seed,
         whiten=whiten,
         device=device,
+        cache=_cache_choice(cache_dir, no_cache),
         reporter=ConsoleReporter(stderr()),
     )
     _print_training(result, json_output)
@@ -205,6 +227,8 @@ def backprop(
     test_ratio: TestRatioOpt = DEFAULT_TEST_RATIO,
     max_per_class: MaxPerClassOpt = DEFAULT_MAX_PER_CLASS,
     seed: SeedOpt = DEFAULT_SEED,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
     device: DeviceOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -226,6 +250,7 @@ def backprop(
         max_per_class=max_per_class,
         seed=seed,
         device=device,
+        cache=_cache_choice(cache_dir, no_cache),
         reporter=ConsoleReporter(stderr()),
     )
     _print_training(result, json_output)
@@ -246,6 +271,8 @@ def evaluate(
         Path | None,
         typer.Option("--split", help="Reuse the held-out split recorded in a training report."),
     ] = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
     device: DeviceOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -262,6 +289,7 @@ def evaluate(
         seed=seed,
         split_report=split,
         device=device,
+        cache=_cache_choice(cache_dir, no_cache),
         reporter=ConsoleReporter(stderr()),
     )
     if json_output:
@@ -418,6 +446,54 @@ def bench_backprop_command(
         from workbench.display import key_value_table
 
         stdout().print(key_value_table("backprop training", result))
+
+
+@bench_app.command("pipeline")
+@handles_bad_input
+def bench_pipeline_command(
+    data_dir: DataDirArg,
+    extractor: ExtractorOpt = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Use only the first N images.")
+    ] = None,
+    device: DeviceOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Embedding throughput: Coral's demo loop, invoke alone, workbench cold and warm."""
+    from workbench.bench import bench_pipeline
+    from workbench.display import ConsoleReporter
+
+    result = bench_pipeline(
+        data_dir, _require_extractor(extractor), limit, device, ConsoleReporter(stderr())
+    )
+    if json_output:
+        emit_json(result)
+        return
+    from workbench.display import key_value_table
+
+    flat = {k: v for k, v in result.items() if k != "ms_per_image"}
+    flat.update({f"ms per image, {k}": v for k, v in result["ms_per_image"].items()})
+    stdout().print(key_value_table("Embedding pipeline", flat))
+
+
+@bench_app.command("model")
+@handles_bad_input
+def bench_model_command(
+    model: Annotated[Path, typer.Argument(help="A .tflite model.")],
+    runs: Annotated[int, typer.Option("--runs", help="Steady-state invokes to time.")] = 100,
+    device: DeviceOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Latency of one model: first invoke and steady state (min, median, p90)."""
+    from workbench.bench import bench_model
+
+    result = bench_model(model, device, runs)
+    if json_output:
+        emit_json(result)
+    else:
+        from workbench.display import key_value_table
+
+        stdout().print(key_value_table("Model latency", result))
 
 
 def main() -> None:

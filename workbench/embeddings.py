@@ -1,13 +1,17 @@
-"""Embeddings: run a model over many image files, decoding ahead of the interpreter.
+"""Embeddings: run a model over many image files with every core busy and flat memory.
 
-Decoding and resizing happen in worker threads (Pillow releases the GIL) while the caller's
-thread keeps the interpreter busy; a bounded window of pending images keeps memory flat however
-many files there are. Results come back in input order and are identical to a plain
-decode-then-invoke loop with the same preprocessing.
+A CPU model runs as one single-threaded interpreter per core, each thread decoding (Pillow
+releases the GIL) and invoking its own images: on 2 cores this beats one 2-thread interpreter
+fed by decoder threads, whose layers wait for each other and compete with decoding. An Edge
+TPU model has one interpreter per device, so its caller's thread invokes while worker threads
+decode ahead. Either way a bounded number of decoded images is in flight, and the outputs are
+identical to a plain decode-then-invoke loop with the same preprocessing.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench.cache import FileKey, OutputCache
 from workbench.images import ImageError, Preprocessing, load_input
 from workbench.runtime import LoadedModel, cpu_threads
 
@@ -66,25 +71,128 @@ def _load_or_error(path: Path, prep: Preprocessing) -> np.ndarray | ImageError:
         return e
 
 
+def outputs_of(
+    model: LoadedModel, paths: Sequence[Path], prep: Preprocessing, workers: int | None = None
+) -> Iterator[tuple[int, np.ndarray | ImageError]]:
+    """(index, dequantized flat output or decode error) for each path, in no fixed order.
+
+    A CPU model on several cores runs as one single-threaded replica per core, each decoding
+    and invoking its own images; an Edge TPU model (one interpreter per device) runs in the
+    caller's thread with decoding done ahead in worker threads.
+    """
+    workers = workers or cpu_threads()
+    if model.edgetpu or model.device or workers == 1 or len(paths) < 2 * workers:
+        for index, item in decode_ahead(paths, prep, workers):
+            if isinstance(item, ImageError):
+                yield index, item
+            else:
+                yield index, _flat_output(model, item)
+        return
+    yield from _replicated(model.replicas(workers), paths, prep)
+
+
+def _flat_output(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
+    return model.output.dequantize(model.run(batch)).reshape(-1).astype(np.float32)
+
+
+_DONE = object()
+
+
+def _replicated(
+    replicas: list[LoadedModel], paths: Sequence[Path], prep: Preprocessing
+) -> Iterator[tuple[int, np.ndarray | ImageError]]:
+    """One thread per replica takes the next image, decodes it and runs it.
+
+    Pillow and the interpreter release the GIL, so the threads run in parallel. The result
+    queue is bounded, so a slow consumer stalls the workers instead of piling up memory, and
+    each worker holds one decoded image at a time.
+    """
+    results: queue.Queue = queue.Queue(maxsize=8 * len(replicas))
+    next_index = iter(range(len(paths)))
+    claim = threading.Lock()
+    stop = threading.Event()
+
+    def work(model: LoadedModel) -> None:
+        try:
+            while not stop.is_set():
+                with claim:
+                    index = next(next_index, None)
+                if index is None:
+                    break
+                try:
+                    batch = load_input(paths[index], prep)
+                except ImageError as e:
+                    results.put((index, e))
+                    continue
+                results.put((index, _flat_output(model, batch)))
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            results.put((-1, e))
+        finally:
+            results.put(_DONE)
+
+    threads = [
+        threading.Thread(target=work, args=(m,), name=f"extract-{i}", daemon=True)
+        for i, m in enumerate(replicas)
+    ]
+    for thread in threads:
+        thread.start()
+    running = len(threads)
+    try:
+        while running:
+            item = results.get()
+            if item is _DONE:
+                running -= 1
+                continue
+            index, value = item
+            if index < 0:
+                raise value
+            yield index, value
+    finally:
+        stop.set()
+        while running:  # unblock workers waiting to put, then let them finish
+            if results.get() is _DONE:
+                running -= 1
+        for thread in threads:
+            thread.join()
+
+
 def run_model(
     model: LoadedModel,
     paths: Sequence[Path],
     prep: Preprocessing,
     progress: Progress | None = None,
     workers: int | None = None,
+    cache: OutputCache | None = None,
 ) -> Outputs:
-    """Run `model` on every file; undecodable files are reported, not fatal."""
-    rows: list[np.ndarray] = []
-    kept: list[int] = []
+    """Run `model` on every file; undecodable files are reported, not fatal.
+
+    With a `cache`, files whose outputs are cached (same model, preprocessing, path, size and
+    mtime) are not decoded or run, and new outputs are added to it.
+    """
+    width = int(np.prod(model.output.shape[1:])) if model.output.shape else 0
+    cached: dict[int, np.ndarray] = {}
+    keys: list[FileKey | None] = []
+    if cache is not None:
+        cached, keys = cache.lookup(paths)
+        if progress is not None and cached:
+            progress(len(cached))
+    todo = [i for i in range(len(paths)) if i not in cached]
+    results: dict[int, np.ndarray] = dict(cached)
     failures: list[tuple[Path, str]] = []
-    for index, item in decode_ahead(paths, prep, workers):
+    fresh: list[tuple[FileKey, np.ndarray]] = []
+    for position, item in outputs_of(model, [paths[i] for i in todo], prep, workers):
+        index = todo[position]
         if isinstance(item, ImageError):
             failures.append((Path(paths[index]), str(item)))
         else:
-            rows.append(model.output.dequantize(model.run(item)).reshape(-1))
-            kept.append(index)
+            results[index] = vector = item
+            key = keys[index] if keys else None
+            if key is not None:
+                fresh.append((key, vector))
         if progress is not None:
             progress(1)
-    width = int(np.prod(model.output.shape[1:])) if model.output.shape else 0
-    vectors = np.stack(rows) if rows else np.zeros((0, width), np.float32)
+    if cache is not None:
+        cache.store(fresh)
+    kept = sorted(results)
+    vectors = np.stack([results[i] for i in kept]) if kept else np.zeros((0, width), np.float32)
     return Outputs(vectors.astype(np.float32, copy=False), kept, failures)

@@ -27,6 +27,7 @@ from workbench.backprop import (
     SoftmaxHead,
     train_backprop,
 )
+from workbench.cache import OutputCache, default_cache_dir
 from workbench.coral_format import training_state_text
 from workbench.dataset import (
     DEFAULT_MAX_PER_CLASS,
@@ -75,6 +76,7 @@ class Embedded:
     test_files: list[Path]
     unreadable: list[tuple[Path, str]]
     seconds: float
+    cache: dict[str, Any] | None = None  # hits, misses and file of the embedding cache
 
 
 @dataclass
@@ -85,6 +87,18 @@ class TrainingResult:
     labels: Path
     report_path: Path
     report: dict[str, Any]
+
+
+CacheChoice = bool | str | Path
+"""True: the default cache folder; False: no cache; a path: that cache folder."""
+
+
+def open_cache(choice: CacheChoice, model: LoadedModel, prep: Preprocessing) -> OutputCache | None:
+    if choice is False:
+        return None
+    root = default_cache_dir() if choice is True else Path(choice)
+    width = int(np.prod(model.output.shape[1:]))
+    return OutputCache(root, model.sha256, prep.key(), width)
 
 
 def default_output(data_dir: str | Path, trainer: str) -> Path:
@@ -121,6 +135,7 @@ def extract_split(
     prep: Preprocessing,
     data_split: Split,
     reporter: Reporter,
+    cache: OutputCache | None = None,
 ) -> Embedded:
     """Embed the training and held-out images in one pass; unreadable ones are skipped."""
     train_files, train_labels = data_split.files("train")
@@ -129,8 +144,10 @@ def extract_split(
     labels = np.asarray(train_labels + test_labels, np.int64)
     start = time.perf_counter()
     with reporter.task("extracting embeddings", len(files)) as advance:
-        out = run_model(extractor, files, prep, progress=advance)
+        out = run_model(extractor, files, prep, progress=advance, cache=cache)
     seconds = time.perf_counter() - start
+    if cache is not None:
+        cache.close()
     for path, reason in out.failures:
         reporter.warn(f"skipped unreadable image {path}: {reason}")
     kept = np.asarray(out.kept, np.int64)
@@ -146,6 +163,9 @@ def extract_split(
         test_files=[files[i] for i in kept[~is_train]],
         unreadable=out.failures,
         seconds=seconds,
+        cache=None
+        if cache is None
+        else {"hits": cache.hits, "misses": cache.misses, "file": str(cache.path)},
     )
 
 
@@ -157,11 +177,15 @@ def evaluate_model_on(
     labels: list[str],
     reporter: Reporter,
     float_top1: np.ndarray | None = None,
+    cache: CacheChoice = False,
 ) -> Evaluation:
     """Run the model on the files and score its outputs (unreadable files are skipped)."""
     prep = Preprocessing.for_input(model.input)
     with reporter.task("evaluating", len(files)) as advance:
-        out = run_model(model, files, prep, progress=advance)
+        outputs_cache = open_cache(cache, model, prep)
+        out = run_model(model, files, prep, progress=advance, cache=outputs_cache)
+        if outputs_cache is not None:
+            outputs_cache.close()
     for path, reason in out.failures:
         reporter.warn(f"skipped unreadable image {path}: {reason}")
     kept = np.asarray(out.kept, np.int64)
@@ -246,6 +270,7 @@ def base_report(
         "skipped_files": [str(p) for p in dataset.skipped],
         "unreadable": [{"file": str(p), "error": e} for p, e in embedded.unreadable],
         "timing": {"extract_s": round(embedded.seconds, 3)},
+        "cache": embedded.cache,
     }
 
 
@@ -271,6 +296,7 @@ def start_training(
     device: str | None,
     reporter: Reporter,
     extractor_graph: Graph | None = None,
+    cache: CacheChoice = True,
 ) -> TrainingRun:
     """Scan and split the folder, check the output is writable, embed every image once.
 
@@ -287,7 +313,7 @@ def start_training(
         model = load_model(extractor, device=device, content=graph.to_bytes())
     prep = Preprocessing.for_input(model.input)
     embedding_tensor, _ = embedding_output(graph)
-    embedded = extract_split(model, prep, data_split, reporter)
+    embedded = extract_split(model, prep, data_split, reporter, open_cache(cache, model, prep))
     return TrainingRun(
         dataset, data_split, graph, embedding_tensor, embedded, _extractor_info(model, prep)
     )
@@ -303,6 +329,7 @@ def imprint_folder(
     whiten: bool = True,
     device: str | None = None,
     reporter: Reporter | None = None,
+    cache: CacheChoice = True,
     base: str | Path | None = None,
     keep_classes: bool = False,
     base_labels: str | Path | None = None,
@@ -320,13 +347,14 @@ def imprint_folder(
             raise WorkbenchError("--base brings its own extractor; leave out --extractor")
         return imprint_onto_base(
             data_dir, base, output, keep_classes, base_labels,
-            test_ratio, max_per_class, seed, device, reporter,
+            test_ratio, max_per_class, seed, device, reporter, cache,
         )  # fmt: skip
     if extractor is None:
         raise WorkbenchError("no extractor given; pass --extractor MODEL.tflite")
     run = start_training(
-        data_dir, extractor, output, test_ratio, max_per_class, seed, device, reporter
-    )
+        data_dir, extractor, output, test_ratio, max_per_class, seed, device, reporter,
+        cache=cache,
+    )  # fmt: skip
     dataset, data_split, graph, embedded = run.dataset, run.split, run.graph, run.embedded
 
     start = time.perf_counter()
@@ -398,6 +426,7 @@ def evaluate_folder(
     split_report: str | Path | None = None,
     device: str | None = None,
     reporter: Reporter | None = None,
+    cache: CacheChoice = True,
 ) -> dict[str, Any]:
     """Evaluate a model on the held-out part of `data_dir` (the split training used)."""
     from workbench.dataset import load_split
@@ -413,7 +442,7 @@ def evaluate_folder(
     model = load_model(model_path, device=device)
     files, true_classes = data_split.files("test")
     evaluation = evaluate_model_on(
-        model, files, np.asarray(true_classes), data_split.classes, labels, reporter
+        model, files, np.asarray(true_classes), data_split.classes, labels, reporter, cache=cache
     )
     report = evaluation.to_json()
     report.update(
@@ -452,6 +481,7 @@ def backprop_folder(
     seed: int = DEFAULT_SEED,
     device: str | None = None,
     reporter: Reporter | None = None,
+    cache: CacheChoice = True,
 ) -> TrainingResult:
     """Train a softmax-regression last layer with SGD on the folder's embeddings.
 
@@ -469,8 +499,9 @@ def backprop_folder(
     reporter = reporter or Reporter()
     output = Path(output) if output is not None else default_output(data_dir, "backprop")
     run = start_training(
-        data_dir, extractor, output, test_ratio, max_per_class, seed, device, reporter
-    )
+        data_dir, extractor, output, test_ratio, max_per_class, seed, device, reporter,
+        cache=cache,
+    )  # fmt: skip
     data_split, graph, embedded = run.split, run.graph, run.embedded
     classes = list(data_split.classes)
 
@@ -562,6 +593,7 @@ def imprint_onto_base(
     seed: int,
     device: str | None,
     reporter: Reporter,
+    cache: CacheChoice = True,
 ) -> TrainingResult:
     """Continue imprinting from an imprinting model (workbench's or Coral's).
 
@@ -589,7 +621,7 @@ def imprint_onto_base(
         )
     run = start_training(
         data_dir, base, output, test_ratio, max_per_class, seed, device, reporter,
-        extractor_graph=base_model.extractor,
+        extractor_graph=base_model.extractor, cache=cache,
     )  # fmt: skip
     names = list(run.split.classes)
     state = None

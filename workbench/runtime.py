@@ -9,6 +9,7 @@ line that says what to do.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import platform
 import re
@@ -216,6 +217,9 @@ class LoadedModel:
         self.interpreter = interpreter
         self.edgetpu = edgetpu
         self.device = device
+        self.sha256 = ""  # of the model's bytes: the output cache's key
+        self.content = b""  # the model's bytes, for replicas
+        self._replicas: list[LoadedModel] = []
         inputs = interpreter.get_input_details()
         outputs = interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -239,6 +243,19 @@ class LoadedModel:
         start = time.perf_counter()
         out = self.run(batch)
         return out, time.perf_counter() - start
+
+    def replicas(self, count: int) -> list[LoadedModel]:
+        """`count` single-threaded copies of a CPU model, made once and kept.
+
+        On a few cores, one interpreter per core working on different images keeps every
+        core busy (decoding included) better than one multi-threaded interpreter, whose
+        threads wait for each other at every layer.
+        """
+        if self.edgetpu or self.device:
+            raise WorkbenchError("an Edge TPU model cannot be replicated: one per device")
+        while len(self._replicas) < count:
+            self._replicas.append(load_model(self.path, num_threads=1, content=self.content))
+        return self._replicas[:count]
 
 
 def load_model(
@@ -285,7 +302,10 @@ def load_model(
     if failure is not None:
         detail = " ".join([*native.errors(), failure])
         raise WorkbenchError(f"cannot load model {path}: {_explain(detail)}")
-    return LoadedModel(path, interpreter, edgetpu, device)
+    loaded = LoadedModel(path, interpreter, edgetpu, device)
+    loaded.sha256 = hashlib.sha256(data).hexdigest()
+    loaded.content = data
+    return loaded
 
 
 class _NativeLog:

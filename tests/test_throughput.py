@@ -1,0 +1,188 @@
+"""Extraction: parallel replicas give the plain loop's numbers; the embedding cache; benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from tests.builders import make_dataset
+from workbench.cache import OutputCache
+from workbench.cli import app
+from workbench.embeddings import run_model
+from workbench.images import ImageError, Preprocessing, load_input
+from workbench.runtime import load_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = make_dataset(tmp_path_factory.mktemp("imgs"), per_class=10, fmt="jpg")
+    paths = sorted(root.glob("*/*.jpg"))
+    broken = root / "red" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return [*paths[:13], broken, *paths[13:]]
+
+
+def plain_loop(model_path: Path, paths: list[Path]) -> tuple[np.ndarray, list[int]]:
+    """The reference: decode, invoke, one image at a time, one interpreter."""
+    model = load_model(model_path, num_threads=1)
+    prep = Preprocessing.for_input(model.input)
+    rows, kept = [], []
+    for i, path in enumerate(paths):
+        try:
+            x = load_input(path, prep)
+        except ImageError:
+            continue
+        rows.append(model.output.dequantize(model.run(x)).reshape(-1))
+        kept.append(i)
+    return np.stack(rows), kept
+
+
+@pytest.mark.parametrize("kind", ["uint8", "int8", "float32"])
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_parallel_extraction_equals_the_plain_loop(
+    models: dict[str, Path], images: list[Path], kind: str, workers: int
+) -> None:
+    expected, expected_kept = plain_loop(models[kind], images)
+    model = load_model(models[kind])
+    out = run_model(model, images, Preprocessing.for_input(model.input), workers=workers)
+    assert out.kept == expected_kept
+    np.testing.assert_array_equal(out.vectors, expected)
+    assert [p.name for p, _ in out.failures] == ["broken.jpg"]
+
+
+def test_progress_counts_every_file(models: dict[str, Path], images: list[Path]) -> None:
+    model = load_model(models["uint8"])
+    seen: list[int] = []
+    run_model(model, images, Preprocessing.for_input(model.input), progress=seen.append)
+    assert sum(seen) == len(images)
+
+
+def make_cache(root: Path, model_path: Path) -> tuple[OutputCache, object, Preprocessing]:
+    model = load_model(model_path)
+    prep = Preprocessing.for_input(model.input)
+    return OutputCache(root, model.sha256, prep.key(), 8), model, prep
+
+
+def test_cache_hits_on_the_second_run_and_gives_the_same_numbers(
+    tmp_path: Path, models: dict[str, Path], images: list[Path]
+) -> None:
+    cache, model, prep = make_cache(tmp_path, models["uint8"])
+    first = run_model(model, images, prep, cache=cache)
+    assert (cache.hits, cache.misses) == (0, len(images))
+    again, model, prep = make_cache(tmp_path, models["uint8"])
+    second = run_model(model, images, prep, cache=again)
+    assert again.hits == len(images) - 1  # the broken file is never cached: retried each time
+    np.testing.assert_array_equal(first.vectors, second.vectors)
+    assert first.kept == second.kept and len(second.failures) == 1
+
+
+def test_changed_file_or_model_is_extracted_again(
+    tmp_path: Path, models: dict[str, Path], images: list[Path], tmp_path_factory
+) -> None:
+    folder = tmp_path_factory.mktemp("copy")
+    paths = []
+    for i, p in enumerate(images[:6]):
+        paths.append(folder / f"{i}.jpg")
+        paths[-1].write_bytes(p.read_bytes())
+    cache, model, prep = make_cache(tmp_path, models["uint8"])
+    run_model(model, paths, prep, cache=cache)
+    Image.new("RGB", (40, 40), (0, 0, 250)).save(paths[2])  # new content, size, mtime
+    os.utime(paths[4], ns=(0, 10**9))  # same bytes, different mtime: treated as changed
+    again, model, prep = make_cache(tmp_path, models["uint8"])
+    out = run_model(model, paths, prep, cache=again)
+    assert (again.hits, again.misses) == (4, 2)
+    np.testing.assert_array_equal(out.vectors[2], plain_loop(models["uint8"], [paths[2]])[0][0])
+    other, model, prep = make_cache(tmp_path, models["uint8_2d"])
+    run_model(model, paths, prep, cache=other)
+    assert other.hits == 0 and other.path != again.path
+
+
+def test_damaged_entries_and_files_are_never_trusted(
+    tmp_path: Path, models: dict[str, Path], images: list[Path]
+) -> None:
+    cache, model, prep = make_cache(tmp_path, models["uint8"])
+    reference = run_model(model, images[:5], prep, cache=cache)
+    cache.close()
+    with sqlite3.connect(cache.path) as db:
+        (path,) = db.execute("SELECT path FROM outputs ORDER BY path LIMIT 1").fetchone()
+        db.execute("UPDATE outputs SET vector = zeroblob(32) WHERE path = ?", (path,))
+    again, model, prep = make_cache(tmp_path, models["uint8"])
+    out = run_model(model, images[:5], prep, cache=again)
+    assert (again.hits, again.misses) == (4, 1)
+    np.testing.assert_array_equal(out.vectors, reference.vectors)
+    again.close()
+    cache.path.write_bytes(b"this is not a database" * 100)
+    fresh, model, prep = make_cache(tmp_path, models["uint8"])
+    out = run_model(model, images[:5], prep, cache=fresh)
+    assert fresh.misses == 5
+    np.testing.assert_array_equal(out.vectors, reference.vectors)
+
+
+def test_imprint_backprop_and_evaluate_share_the_cache(
+    tmp_path: Path, models: dict[str, Path], colors: Path
+) -> None:
+    cache_dir = tmp_path / "cache"
+    common = ["-e", str(models["uint8"]), "--cache-dir", str(cache_dir), "--json"]
+    first = runner.invoke(app, ["imprint", str(colors), "-o", str(tmp_path / "a.tflite"), *common])
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["cache"]["hits"] == 0
+    second = runner.invoke(
+        app, ["backprop", str(colors), "-o", str(tmp_path / "b.tflite"), *common]
+    )
+    assert second.exit_code == 0, second.output
+    report = json.loads(second.stdout)
+    assert report["cache"]["misses"] == 0 and report["cache"]["hits"] == 36
+    off = runner.invoke(
+        app,
+        ["imprint", str(colors), "-o", str(tmp_path / "c.tflite"), "-e", str(models["uint8"]),
+         "--no-cache", "--json"],
+    )  # fmt: skip
+    assert off.exit_code == 0 and json.loads(off.stdout)["cache"] is None
+    for _ in range(2):
+        evaluated = runner.invoke(
+            app,
+            ["evaluate", str(tmp_path / "a.tflite"), str(colors), "--cache-dir", str(cache_dir),
+             "--json"],
+        )  # fmt: skip
+        assert evaluated.exit_code == 0, evaluated.output
+    assert len(list((cache_dir / "outputs").glob("*.sqlite"))) == 2  # extractor, trained model
+
+
+def test_unwritable_cache_dir_only_costs_time(
+    tmp_path: Path, models: dict[str, Path], colors: Path
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    result = runner.invoke(
+        app,
+        ["imprint", str(colors), "-e", str(models["uint8"]), "-o", str(tmp_path / "m.tflite"),
+         "--cache-dir", str(blocker / "sub"), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
+def test_bench_pipeline_and_model_print_their_figures(
+    models: dict[str, Path], colors: Path
+) -> None:
+    result = runner.invoke(
+        app, ["bench", "pipeline", str(colors), "-e", str(models["uint8"]), "--limit", "20",
+              "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    assert figures["images"] == 20
+    for key in ("cold_over_coral_loop", "cold_over_invoke", "warm_over_cold", "peak_rss_mb"):
+        assert figures[key] > 0
+    model = runner.invoke(app, ["bench", "model", str(models["int8"]), "--runs", "5", "--json"])
+    assert model.exit_code == 0, model.output
+    latency = json.loads(model.stdout)
+    assert latency["runs"] == 5 and latency["min_ms"] <= latency["median_ms"] <= latency["p90_ms"]

@@ -1,0 +1,152 @@
+"""An on-disk cache of model outputs per image file, so a second run skips the interpreter.
+
+Extraction is almost all of a run's time, and users run `imprint`, `backprop` and `evaluate`
+on the same folder again and again. Entries are keyed by the model's content hash and the
+preprocessing (one SQLite file per pair), then by each file's absolute path, size and mtime: a
+changed image or model is simply a miss. Every entry carries a digest of its vector and key; an
+entry that does not check out is ignored and rewritten, and a damaged database file is replaced.
+SQLite gives atomic, concurrent-safe writes for free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outputs (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    vector BLOB NOT NULL,
+    digest BLOB NOT NULL
+)
+"""
+FORMAT = "workbench-cache-1"
+
+
+def default_cache_dir() -> Path:
+    """$WORKBENCH_CACHE_DIR, else the platform's user cache folder + /workbench."""
+    explicit = os.environ.get("WORKBENCH_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "workbench"
+
+
+@dataclass(frozen=True)
+class FileKey:
+    path: str  # absolute
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: str | Path) -> FileKey | None:
+        try:
+            absolute = Path(path).resolve()
+            st = absolute.stat()
+        except OSError:
+            return None
+        return cls(str(absolute), st.st_size, st.st_mtime_ns)
+
+
+def _digest(key: FileKey, vector: bytes) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{FORMAT}\0{key.path}\0{key.size}\0{key.mtime_ns}\0".encode())
+    h.update(vector)
+    return h.digest()
+
+
+class OutputCache:
+    """Cached outputs of one model with one preprocessing; see the module docstring."""
+
+    def __init__(self, root: str | Path, model_sha256: str, prep_key: str, width: int) -> None:
+        name = hashlib.sha256(f"{FORMAT}\0{model_sha256}\0{prep_key}".encode()).hexdigest()[:32]
+        self.path = Path(root) / "outputs" / f"{name}.sqlite"
+        self.width = width
+        self.hits = 0
+        self.misses = 0
+        self._db: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self._db is not None:
+            return self._db
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None  # an unwritable cache location: run without a cache
+        for attempt in range(2):
+            try:
+                db = sqlite3.connect(self.path, timeout=30)
+                db.execute(SCHEMA)
+                db.commit()
+                self._db = db
+                return db
+            except sqlite3.DatabaseError:
+                # Not a database (damaged, truncated, or something else): start it afresh.
+                if attempt == 0:
+                    self.path.unlink(missing_ok=True)
+            except OSError:
+                return None
+        return None
+
+    def lookup(
+        self, paths: Sequence[str | Path]
+    ) -> tuple[dict[int, np.ndarray], list[FileKey | None]]:
+        """Cached vectors by index into `paths`, and each file's key (None if unreadable)."""
+        keys = [FileKey.of(p) for p in paths]
+        found: dict[int, np.ndarray] = {}
+        db = self._connect()
+        if db is not None:
+            try:
+                rows = {
+                    row[0]: row[1:]
+                    for row in db.execute(
+                        "SELECT path, size, mtime_ns, vector, digest FROM outputs"
+                    )
+                }
+            except sqlite3.DatabaseError:
+                rows = {}
+            for index, key in enumerate(keys):
+                if key is None or key.path not in rows:
+                    continue
+                size, mtime_ns, vector, digest = rows[key.path]
+                if (size, mtime_ns) != (key.size, key.mtime_ns):
+                    continue  # the file changed since it was cached
+                if len(vector) != 4 * self.width or _digest(key, vector) != digest:
+                    continue  # damaged entry: never trusted, recomputed and rewritten
+                found[index] = np.frombuffer(vector, dtype="<f4")
+        self.hits += len(found)
+        self.misses += len(paths) - len(found)
+        return found, keys
+
+    def store(self, entries: Sequence[tuple[FileKey, np.ndarray]]) -> None:
+        db = self._connect()
+        if db is None or not entries:
+            return
+        rows = []
+        for key, vector in entries:
+            raw = np.ascontiguousarray(vector, dtype="<f4").tobytes()
+            rows.append((key.path, key.size, key.mtime_ns, raw, _digest(key, raw)))
+        try:
+            with db:
+                db.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?, ?)", rows)
+        except sqlite3.DatabaseError:
+            pass  # a cache that cannot be written only costs the next run time
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
