@@ -205,7 +205,6 @@ def test_bad_inputs_give_one_line_and_exit_2(
     cases = [
         (("imprint", tmp_path / "missing", "-e", models["uint8"]), ["data folder not found"]),
         (("imprint", colors, "-e", tmp_path / "none.tflite", "-o", out), ["model not found"]),
-        (("imprint", colors, "-o", out), ["no extractor given"]),
         (("imprint", colors, "-e", models["uint8"], "-o", tmp_path / "no/dir/m.tflite"),
          ["output folder does not exist"]),
         (("imprint", colors, "-e", models["uint8"], "-o", "/proc/m.tflite"), ["cannot write"]),

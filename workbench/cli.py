@@ -65,7 +65,12 @@ def emit_json(data: Any) -> None:
 # Options shared by the commands, declared once.
 ExtractorOpt = Annotated[
     Path | None,
-    typer.Option("--extractor", "-e", help="Embedding extractor .tflite (CPU or _edgetpu build)."),
+    typer.Option(
+        "--extractor",
+        "-e",
+        help="Embedding extractor .tflite (CPU or _edgetpu build); default: the bundled "
+        "EfficientNet-Lite0.",
+    ),
 ]
 OutputOpt = Annotated[
     Path | None,
@@ -107,10 +112,13 @@ def _cache_choice(cache_dir: Path | None, no_cache: bool) -> bool | Path:
 DataDirArg = Annotated[Path, typer.Argument(help="Folder with one sub-folder of images per class.")]
 
 
-def _require_extractor(extractor: Path | None) -> Path:
-    if extractor is None:
-        raise WorkbenchError("no extractor given; pass --extractor MODEL.tflite")
-    return extractor
+def _extractor_or_default(extractor: Path | None) -> Path:
+    """The given extractor, or the EfficientNet-Lite0 extractor bundled with workbench."""
+    if extractor is not None:
+        return extractor
+    from workbench.models import bundled_model
+
+    return bundled_model()
 
 
 def _print_training(result: Any, json_output: bool) -> None:
@@ -181,7 +189,7 @@ def imprint(
         raise WorkbenchError("--keep-classes needs --base MODEL.tflite")
     result = imprint_folder(
         data_dir,
-        extractor if base is not None else _require_extractor(extractor),
+        extractor if base is not None else _extractor_or_default(extractor),
         base=base,
         keep_classes=keep_classes,
         base_labels=base_labels,
@@ -238,7 +246,7 @@ def backprop(
 
     result = backprop_folder(
         data_dir,
-        _require_extractor(extractor),
+        _extractor_or_default(extractor),
         output=output,
         epochs=epochs,
         learning_rate=learning_rate,
@@ -423,6 +431,43 @@ def devices(json_output: JsonOpt = False) -> None:
     stdout().print(table)
 
 
+datasets_app = typer.Typer(help="Public datasets as class folders, ready to train on.")
+app.add_typer(datasets_app, name="datasets")
+
+
+@datasets_app.command("get")
+@handles_bad_input
+def datasets_get(
+    name: Annotated[str, typer.Argument(help="flowers or oxford17.")],
+    root: Annotated[
+        Path, typer.Option("--root", help="Folder the dataset goes into, as ROOT/NAME/.")
+    ] = Path("datasets"),
+    url: Annotated[
+        str | None, typer.Option("--url", help="Fetch from a mirror (or a local file:// copy).")
+    ] = None,
+    sha256: Annotated[
+        str | None, typer.Option("--sha256", help="Expected checksum of the archive at --url.")
+    ] = None,
+) -> None:
+    """Download a dataset (resumable, checksummed) and unpack it as one folder per class."""
+    from workbench.dataset import scan
+    from workbench.display import ConsoleReporter
+    from workbench.download import get_dataset
+
+    target = get_dataset(name, root, url, sha256, ConsoleReporter(stderr()))
+    found = scan(target)
+    print(f"{target}: {len(found.classes)} classes, {found.num_images} images")
+
+
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """The datasets `workbench datasets get` knows."""
+    from workbench.download import SOURCES
+
+    for source in SOURCES.values():
+        print(f"{source.name:10s} {source.description}\n{'':10s} {source.url}")
+
+
 bench_app = typer.Typer(help="Benchmarks: measured and printed, never pass/fail.")
 app.add_typer(bench_app, name="bench")
 
@@ -464,7 +509,7 @@ def bench_pipeline_command(
     from workbench.display import ConsoleReporter
 
     result = bench_pipeline(
-        data_dir, _require_extractor(extractor), limit, device, ConsoleReporter(stderr())
+        data_dir, _extractor_or_default(extractor), limit, device, ConsoleReporter(stderr())
     )
     if json_output:
         emit_json(result)

@@ -350,7 +350,9 @@ def imprint_folder(
             test_ratio, max_per_class, seed, device, reporter, cache,
         )  # fmt: skip
     if extractor is None:
-        raise WorkbenchError("no extractor given; pass --extractor MODEL.tflite")
+        from workbench.models import bundled_model
+
+        extractor = bundled_model()
     run = start_training(
         data_dir, extractor, output, test_ratio, max_per_class, seed, device, reporter,
         cache=cache,
@@ -468,7 +470,7 @@ def logit_range(head: SoftmaxHead, train_x: np.ndarray) -> tuple[float, float]:
 
 def backprop_folder(
     data_dir: str | Path,
-    extractor: str | Path,
+    extractor: str | Path | None = None,
     output: str | Path | None = None,
     epochs: int = DEFAULT_EPOCHS,
     learning_rate: float = DEFAULT_LEARNING_RATE,
@@ -498,6 +500,10 @@ def backprop_folder(
         raise WorkbenchError("--learning-rate must be positive, --reg and --weight-scale >= 0")
     reporter = reporter or Reporter()
     output = Path(output) if output is not None else default_output(data_dir, "backprop")
+    if extractor is None:
+        from workbench.models import bundled_model
+
+        extractor = bundled_model()
     run = start_training(
         data_dir, extractor, output, test_ratio, max_per_class, seed, device, reporter,
         cache=cache,
