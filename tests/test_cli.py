@@ -276,7 +276,7 @@ def test_failed_run_leaves_previous_outputs_untouched(
 def test_python_api_runs_without_the_cli(
     tmp_path: Path, models: dict[str, Path], colors: Path
 ) -> None:
-    from workbench.pipeline import imprint_folder
+    from workbench.train_imprint import imprint_folder
 
     result = imprint_folder(colors, models["float32"], output=tmp_path / "api.tflite")
     assert result.model.exists() and result.report["top_k_accuracy"][0] == 1.0

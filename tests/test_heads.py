@@ -14,10 +14,10 @@ import pytest
 from tests.builders import write_model
 from workbench.coral_format import imprinting_layout, imprinting_problems
 from workbench.imprint import train_imprinting
-from workbench.pipeline import whitening_layer
 from workbench.runtime import load_model
 from workbench.tflite.graph import Graph, Quant
 from workbench.tflite.heads import append_imprinting_tail
+from workbench.train_imprint import whitening_layer
 
 EMBEDDING_QUANT = {
     "uint8": Quant.per_tensor(0.02, 0),  # non-negative pooled features, like MobileNet's

@@ -183,7 +183,7 @@ def imprint(
 ) -> None:
     """Weight imprinting: a classifier from a few images per class, in seconds."""
     from workbench.display import ConsoleReporter
-    from workbench.pipeline import imprint_folder
+    from workbench.train_imprint import imprint_folder
 
     if keep_classes and base is None:
         raise WorkbenchError("--keep-classes needs --base MODEL.tflite")
@@ -242,7 +242,7 @@ def backprop(
 ) -> None:
     """Last-layer backprop: softmax regression trained with SGD, exported as FC + softmax."""
     from workbench.display import ConsoleReporter
-    from workbench.pipeline import backprop_folder
+    from workbench.train_backprop import backprop_folder
 
     result = backprop_folder(
         data_dir,

@@ -1,7 +1,8 @@
-"""The training flow as a Python API: folder in, retrained model, labels and report out.
+"""The steps every training run shares, and `evaluate_folder`.
 
 dataset (scan, split) -> runtime (extractor) -> embeddings -> trainer -> export -> evaluate.
-The CLI is a thin layer over these functions.
+The trainers (`train_imprint`, `train_backprop`) put their own step in the middle of these;
+the CLI is a thin layer over the three public functions.
 """
 
 from __future__ import annotations
@@ -9,26 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from workbench import __version__
-from workbench.backprop import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_EPOCHS,
-    DEFAULT_LEARNING_RATE,
-    DEFAULT_REG,
-    DEFAULT_VAL_RATIO,
-    DEFAULT_WEIGHT_SCALE,
-    EpochStats,
-    SoftmaxHead,
-    train_backprop,
-)
 from workbench.cache import OutputCache, default_cache_dir
-from workbench.coral_format import training_state_text
 from workbench.dataset import (
     DEFAULT_MAX_PER_CLASS,
     DEFAULT_SEED,
@@ -47,19 +36,12 @@ from workbench.export import (
     labels_text,
     output_files,
     read_labels,
-    set_workbench_metadata,
 )
 from workbench.images import Preprocessing
-from workbench.imprint import ImprintingHead, train_imprinting
 from workbench.progress import Reporter
 from workbench.runtime import LoadedModel, load_model
 from workbench.tflite.graph import Graph
-from workbench.tflite.heads import (
-    Transform,
-    append_imprinting_tail,
-    append_softmax_regression_tail,
-    embedding_output,
-)
+from workbench.tflite.heads import embedding_output
 
 # Headroom around the range of a layer's outputs on the training data, for held-out images.
 OUTPUT_RANGE_MARGIN = 0.1
@@ -288,7 +270,7 @@ class TrainingRun:
 
 def start_training(
     data_dir: str | Path,
-    extractor: str | Path,
+    extractor: str | Path | None,
     output: Path,
     test_ratio: float,
     max_per_class: int,
@@ -300,9 +282,14 @@ def start_training(
 ) -> TrainingRun:
     """Scan and split the folder, check the output is writable, embed every image once.
 
-    `extractor_graph`, when given, is the extractor to run (built in memory, e.g. cut from a
-    base model); `extractor` then names the file it came from.
+    `extractor` None means the bundled EfficientNet-Lite0. `extractor_graph`, when given, is
+    the extractor to run (built in memory, e.g. cut from a base model); `extractor` then names
+    the file it came from.
     """
+    if extractor is None:
+        from workbench.models import bundled_model
+
+        extractor = bundled_model()
     dataset, data_split = prepare_split(data_dir, test_ratio, max_per_class, seed, reporter)
     check_writable(output)
     if extractor_graph is None:
@@ -317,105 +304,6 @@ def start_training(
     return TrainingRun(
         dataset, data_split, graph, embedding_tensor, embedded, _extractor_info(model, prep)
     )
-
-
-def imprint_folder(
-    data_dir: str | Path,
-    extractor: str | Path | None = None,
-    output: str | Path | None = None,
-    test_ratio: float = DEFAULT_TEST_RATIO,
-    max_per_class: int = DEFAULT_MAX_PER_CLASS,
-    seed: int = DEFAULT_SEED,
-    whiten: bool = True,
-    device: str | None = None,
-    reporter: Reporter | None = None,
-    cache: CacheChoice = True,
-    base: str | Path | None = None,
-    keep_classes: bool = False,
-    base_labels: str | Path | None = None,
-) -> TrainingResult:
-    """Weight-imprint a classifier for the class folders in `data_dir` and evaluate it.
-
-    With `whiten` (the default) the embeddings are whitened with their within-class
-    covariance before imprinting; without it the head is Coral's plain imprinting.
-    With `base` (an imprinting model) training continues from it: see `imprint_onto_base`.
-    """
-    reporter = reporter or Reporter()
-    output = Path(output) if output is not None else default_output(data_dir, "imprint")
-    if base is not None:
-        if extractor is not None:
-            raise WorkbenchError("--base brings its own extractor; leave out --extractor")
-        return imprint_onto_base(
-            data_dir, base, output, keep_classes, base_labels,
-            test_ratio, max_per_class, seed, device, reporter, cache,
-        )  # fmt: skip
-    if extractor is None:
-        from workbench.models import bundled_model
-
-        extractor = bundled_model()
-    run = start_training(
-        data_dir, extractor, output, test_ratio, max_per_class, seed, device, reporter,
-        cache=cache,
-    )  # fmt: skip
-    dataset, data_split, graph, embedded = run.dataset, run.split, run.graph, run.embedded
-
-    start = time.perf_counter()
-    head: ImprintingHead = train_imprinting(
-        embedded.train_x, embedded.train_y, len(data_split.classes), whiten=whiten
-    )
-    train_seconds = time.perf_counter() - start
-    tail = append_imprinting_tail(
-        graph,
-        head.classes.weights,
-        head.scale_factor,
-        head.cosine_range,
-        transform=whitening_layer(head, embedded.train_x),
-    )
-    info = run.extractor_info
-    graph.set_description(training_state_text(head.classes.norms, head.classes.trainable))
-    set_workbench_metadata(
-        graph,
-        {
-            "trainer": "imprint",
-            "classes": list(data_split.classes),
-            "embedding_tensor": run.embedding_tensor,
-            "l2norm_tensor": tail.l2norm_output,
-            **info,
-        },
-    )
-    settings = {
-        "test_ratio": test_ratio,
-        "max_per_class": max_per_class,
-        "seed": seed,
-        "whiten": whiten,
-    }
-    report = base_report("imprint", data_dir, data_split, dataset, embedded, settings, info)
-    report["timing"]["train_s"] = round(train_seconds, 3)
-    report["head"] = {
-        "scale_factor": head.scale_factor,
-        "cosine_range": list(head.cosine_range),
-        "embedding_dim": head.classes.dim,
-    }
-    return finish_training(
-        graph,
-        output,
-        list(data_split.classes),
-        embedded,
-        head.scores(embedded.test_x),
-        report,
-        device,
-        reporter,
-    )
-
-
-def whitening_layer(head: ImprintingHead, train_x: np.ndarray) -> Transform | None:
-    """The whitening as an exported layer, its output range taken from the training data."""
-    if head.whitening is None:
-        return None
-    z = head.whitening.apply(train_x)
-    lo, hi = float(z.min()), float(z.max())
-    margin = OUTPUT_RANGE_MARGIN * (hi - lo)
-    return Transform(head.whitening.matrix, head.whitening.bias, (lo - margin, hi + margin))
 
 
 def evaluate_folder(
@@ -458,234 +346,3 @@ def evaluate_folder(
         }
     )
     return report
-
-
-def logit_range(head: SoftmaxHead, train_x: np.ndarray) -> tuple[float, float]:
-    """The span of the head's logits on the training embeddings, with headroom."""
-    logits = head.logits(train_x)
-    lo, hi = float(logits.min()), float(logits.max())
-    margin = OUTPUT_RANGE_MARGIN * (hi - lo)
-    return lo - margin, hi + margin
-
-
-def backprop_folder(
-    data_dir: str | Path,
-    extractor: str | Path | None = None,
-    output: str | Path | None = None,
-    epochs: int = DEFAULT_EPOCHS,
-    learning_rate: float = DEFAULT_LEARNING_RATE,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    reg: float = DEFAULT_REG,
-    weight_scale: float = DEFAULT_WEIGHT_SCALE,
-    val_ratio: float = DEFAULT_VAL_RATIO,
-    test_ratio: float = DEFAULT_TEST_RATIO,
-    max_per_class: int = DEFAULT_MAX_PER_CLASS,
-    seed: int = DEFAULT_SEED,
-    device: str | None = None,
-    reporter: Reporter | None = None,
-    cache: CacheChoice = True,
-) -> TrainingResult:
-    """Train a softmax-regression last layer with SGD on the folder's embeddings.
-
-    The validation part is carved from the training split (stratified, `val_ratio`); the held-out
-    test split is never seen by training or model selection.
-    """
-    if epochs < 1:
-        raise WorkbenchError(f"--epochs must be at least 1, got {epochs}")
-    if batch_size < 1:
-        raise WorkbenchError(f"--batch-size must be at least 1, got {batch_size}")
-    if not 0.0 <= val_ratio < 1.0:
-        raise WorkbenchError(f"--val-ratio must be in [0, 1), got {val_ratio}")
-    if learning_rate <= 0.0 or reg < 0.0 or weight_scale < 0.0:
-        raise WorkbenchError("--learning-rate must be positive, --reg and --weight-scale >= 0")
-    reporter = reporter or Reporter()
-    output = Path(output) if output is not None else default_output(data_dir, "backprop")
-    if extractor is None:
-        from workbench.models import bundled_model
-
-        extractor = bundled_model()
-    run = start_training(
-        data_dir, extractor, output, test_ratio, max_per_class, seed, device, reporter,
-        cache=cache,
-    )  # fmt: skip
-    data_split, graph, embedded = run.split, run.graph, run.embedded
-    classes = list(data_split.classes)
-
-    start = time.perf_counter()
-    with reporter.task("training", epochs) as advance:
-
-        def on_epoch(stats: EpochStats) -> None:
-            val = "-" if stats.val_accuracy is None else f"{stats.val_accuracy:.3f}"
-            advance(
-                1,
-                status=f"epoch {stats.epoch}/{epochs} loss {stats.loss:.4f} "
-                f"train {stats.train_accuracy:.3f} val {val}",
-            )
-
-        try:
-            head = train_backprop(
-                embedded.train_x,
-                embedded.train_y,
-                len(classes),
-                epochs=epochs,
-                learning_rate=learning_rate,
-                batch_size=batch_size,
-                reg=reg,
-                weight_scale=weight_scale,
-                val_ratio=val_ratio,
-                seed=seed,
-                on_epoch=on_epoch,
-            )
-        except FloatingPointError as e:
-            raise WorkbenchError(str(e)) from None
-    train_seconds = time.perf_counter() - start
-    if head.num_val == 0 and val_ratio > 0:
-        reporter.warn("classes too small for a validation part; kept the last epoch's weights")
-
-    append_softmax_regression_tail(
-        graph, head.weights.T, head.bias, logit_range(head, embedded.train_x)
-    )
-    set_workbench_metadata(
-        graph,
-        {
-            "trainer": "backprop",
-            "classes": classes,
-            "embedding_tensor": run.embedding_tensor,
-            **run.extractor_info,
-        },
-    )
-    settings = {
-        "epochs": epochs,
-        "learning_rate": learning_rate,
-        "batch_size": batch_size,
-        "reg": reg,
-        "weight_scale": weight_scale,
-        "val_ratio": val_ratio,
-        "test_ratio": test_ratio,
-        "max_per_class": max_per_class,
-        "seed": seed,
-    }
-    report = base_report(
-        "backprop", data_dir, data_split, run.dataset, embedded, settings, run.extractor_info
-    )
-    report["timing"]["train_s"] = round(train_seconds, 3)
-    report["head"] = {
-        "embedding_dim": int(head.weights.shape[0]),
-        "num_train": head.num_train,
-        "num_val": head.num_val,
-        "best_epoch": head.best_epoch,
-    }
-    report["training_curve"] = [stats.to_json() for stats in head.history]
-    return finish_training(
-        graph,
-        output,
-        classes,
-        embedded,
-        head.scores(embedded.test_x),
-        report,
-        device,
-        reporter,
-    )
-
-
-def imprint_onto_base(
-    data_dir: str | Path,
-    base: str | Path,
-    output: Path,
-    keep_classes: bool,
-    base_labels: str | Path | None,
-    test_ratio: float,
-    max_per_class: int,
-    seed: int,
-    device: str | None,
-    reporter: Reporter,
-    cache: CacheChoice = True,
-) -> TrainingResult:
-    """Continue imprinting from an imprinting model (workbench's or Coral's).
-
-    The base's extractor, up to and including its L2Norm (and workbench's whitening before
-    it), is reused as is; only the images in `data_dir` are extracted. With `keep_classes` the
-    base's classes stay (ids first, labels merged by name): a folder named like a base class
-    trained by imprinting adds images to it, one named like any other base class is refused.
-    Without it the new model has only the folder's classes.
-    """
-    from workbench.coral_format import read_imprinting_model
-    from workbench.export import default_labels_path
-    from workbench.imprint import (
-        cosine_window,
-        fit_scale_factor,
-        imprint,
-        leave_one_out_cosines,
-    )
-
-    base_model = read_imprinting_model(Graph.load(base))
-    known = read_labels(base_labels or default_labels_path(base))
-    if len(known) != base_model.classes.num_classes:
-        raise WorkbenchError(
-            f"the base model has {base_model.classes.num_classes} classes but its labels file "
-            f"has {len(known)}; pass the right one with --base-labels"
-        )
-    run = start_training(
-        data_dir, base, output, test_ratio, max_per_class, seed, device, reporter,
-        extractor_graph=base_model.extractor, cache=cache,
-    )  # fmt: skip
-    names = list(run.split.classes)
-    state = None
-    merged = names
-    if keep_classes:
-        state = base_model.classes
-        frozen = [n for n in names if n in known and not state.trainable[known.index(n)]]
-        if frozen:
-            raise WorkbenchError(
-                f"{', '.join(frozen)}: base-model classes not trained by imprinting can be kept "
-                "but not retrained; rename or remove those folders"
-            )
-        merged = known + [n for n in names if n not in known]
-    to_merged = np.asarray([merged.index(n) for n in names], np.int64)
-    embedded = run.embedded
-    train_y = to_merged[embedded.train_y]
-    start = time.perf_counter()
-    classes = imprint(embedded.train_x, train_y, len(merged), base=state)
-    loo = leave_one_out_cosines(classes, embedded.train_x, train_y)
-    scale_factor = fit_scale_factor(loo, train_y)
-    head = ImprintingHead(classes, scale_factor, cosine_window(loo, scale_factor))
-    train_seconds = time.perf_counter() - start
-
-    graph = base_model.extractor
-    tail = append_imprinting_tail(
-        graph, classes.weights, head.scale_factor, head.cosine_range,
-        embedding=base_model.embedding,
-    )  # fmt: skip
-    graph.set_description(training_state_text(classes.norms, classes.trainable))
-    set_workbench_metadata(
-        graph,
-        {
-            "trainer": "imprint",
-            "classes": merged,
-            "base": str(base),
-            "l2norm_tensor": tail.l2norm_output,
-            **run.extractor_info,
-        },
-    )
-    settings = {
-        "test_ratio": test_ratio,
-        "max_per_class": max_per_class,
-        "seed": seed,
-        "base": str(base),
-        "keep_classes": keep_classes,
-    }
-    report = base_report(
-        "imprint", data_dir, run.split, run.dataset, embedded, settings, run.extractor_info
-    )
-    report["timing"]["train_s"] = round(train_seconds, 3)
-    report["extracted_images"] = len(embedded.train_y) + len(embedded.test_y)
-    report["base_classes"] = known if keep_classes else []
-    report["head"] = {
-        "scale_factor": head.scale_factor,
-        "cosine_range": list(head.cosine_range),
-        "embedding_dim": classes.dim,
-    }
-    evaluated = replace(embedded, test_y=to_merged[embedded.test_y])
-    return finish_training(
-        graph, output, merged, evaluated, head.scores(embedded.test_x), report, device, reporter
-    )

@@ -103,6 +103,32 @@ def _softmax(graph: Graph, logits: int, dtype: np.dtype, name: str) -> int:
     return out
 
 
+def _quantized_layer(
+    graph: Graph,
+    name: str,
+    weights: np.ndarray,
+    bias: np.ndarray,
+    in_quant: Quant,
+    kernel_quant: Quant,
+    dtype: np.dtype,
+) -> tuple[int, int]:
+    """Constant weight and bias tensors of a quantized layer (conv or fully connected).
+
+    The bias is int32 at scale input scale x weight scale, zero point 0: what the TFLite
+    kernels (and Coral's tools) require, so the accumulator needs no rescaling before it.
+    """
+    kernel = graph.add_tensor(
+        f"{name}/weights", list(weights.shape), dtype, kernel_quant,
+        quantize(weights, kernel_quant, dtype),
+    )  # fmt: skip
+    bias_scale = in_quant.scale[0] * kernel_quant.scale[0]
+    bias_tensor = graph.add_tensor(
+        f"{name}/bias", [len(bias)], np.int32, Quant.per_tensor(bias_scale, 0),
+        quantize_bias(bias, bias_scale),
+    )  # fmt: skip
+    return kernel, bias_tensor
+
+
 def _conv_1x1(
     graph: Graph,
     source: int,
@@ -135,22 +161,10 @@ def _conv_1x1(
         in_quant = graph.quant(source)
         assert in_quant is not None
         lo, hi = kernel_range or (float(weights.min()), float(weights.max()))
-        kernel_quant = range_quant(lo, hi, np.uint8)
-        bias_scale = in_quant.scale[0] * kernel_quant.scale[0]
-        kernel = graph.add_tensor(
-            f"{name}/weights",
-            kernel_shape,
-            np.uint8,
-            kernel_quant,
-            quantize(weights, kernel_quant, np.uint8).reshape(kernel_shape),
-        )
-        bias_tensor = graph.add_tensor(
-            f"{name}/bias",
-            [out_dim],
-            np.int32,
-            Quant.per_tensor(bias_scale, 0),
-            quantize_bias(bias, bias_scale),
-        )
+        kernel, bias_tensor = _quantized_layer(
+            graph, name, weights.reshape(kernel_shape), bias, in_quant,
+            range_quant(lo, hi, np.uint8), np.dtype(np.uint8),
+        )  # fmt: skip
         out = graph.add_tensor(
             name, [1, 1, 1, out_dim], np.uint8, range_quant(*out_range, np.uint8)
         )
@@ -269,8 +283,8 @@ def append_softmax_regression_tail(
     options = fb.FullyConnectedOptionsT()
     options.keepNumDims = False
     if dtype == FLOAT:
-        kernel = graph.add_tensor(f"{PREFIX}/fc_weights", [num_classes, dim], FLOAT, data=weights)
-        bias_tensor = graph.add_tensor(f"{PREFIX}/fc_bias", [num_classes], FLOAT, data=bias)
+        kernel = graph.add_tensor(f"{PREFIX}/fc/weights", [num_classes, dim], FLOAT, data=weights)
+        bias_tensor = graph.add_tensor(f"{PREFIX}/fc/bias", [num_classes], FLOAT, data=bias)
         logits = graph.add_tensor(f"{PREFIX}/logits", [1, num_classes], FLOAT)
         version = 1
     else:
@@ -282,20 +296,8 @@ def append_softmax_regression_tail(
         else:
             kernel_quant = symmetric_quant(weights, np.int8)
             version = 4
-        kernel = graph.add_tensor(
-            f"{PREFIX}/fc_weights",
-            [num_classes, dim],
-            dtype,
-            kernel_quant,
-            quantize(weights, kernel_quant, dtype),
-        )
-        bias_scale = in_quant.scale[0] * kernel_quant.scale[0]
-        bias_tensor = graph.add_tensor(
-            f"{PREFIX}/fc_bias",
-            [num_classes],
-            np.int32,
-            Quant.per_tensor(bias_scale, 0),
-            quantize_bias(bias, bias_scale),
+        kernel, bias_tensor = _quantized_layer(
+            graph, f"{PREFIX}/fc", weights, bias, in_quant, kernel_quant, dtype
         )
         logits = graph.add_tensor(
             f"{PREFIX}/logits", [1, num_classes], dtype, range_quant(*logit_range, dtype)

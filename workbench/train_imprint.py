@@ -1,0 +1,223 @@
+"""`workbench imprint`: weight imprinting from a folder, optionally continuing from a base model."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from workbench.coral_format import read_imprinting_model, training_state_text
+from workbench.dataset import DEFAULT_MAX_PER_CLASS, DEFAULT_SEED, DEFAULT_TEST_RATIO
+from workbench.errors import WorkbenchError
+from workbench.export import default_labels_path, read_labels, set_workbench_metadata
+from workbench.imprint import (
+    ImprintingHead,
+    cosine_window,
+    fit_scale_factor,
+    imprint,
+    leave_one_out_cosines,
+    train_imprinting,
+)
+from workbench.pipeline import (
+    OUTPUT_RANGE_MARGIN,
+    CacheChoice,
+    TrainingResult,
+    base_report,
+    default_output,
+    finish_training,
+    start_training,
+)
+from workbench.progress import Reporter
+from workbench.tflite.graph import Graph
+from workbench.tflite.heads import Transform, append_imprinting_tail
+
+
+def imprint_folder(
+    data_dir: str | Path,
+    extractor: str | Path | None = None,
+    output: str | Path | None = None,
+    test_ratio: float = DEFAULT_TEST_RATIO,
+    max_per_class: int = DEFAULT_MAX_PER_CLASS,
+    seed: int = DEFAULT_SEED,
+    whiten: bool = True,
+    device: str | None = None,
+    reporter: Reporter | None = None,
+    cache: CacheChoice = True,
+    base: str | Path | None = None,
+    keep_classes: bool = False,
+    base_labels: str | Path | None = None,
+) -> TrainingResult:
+    """Weight-imprint a classifier for the class folders in `data_dir` and evaluate it.
+
+    With `whiten` (the default) the embeddings are whitened with their within-class
+    covariance before imprinting; without it the head is Coral's plain imprinting.
+    With `base` (an imprinting model) training continues from it: see `imprint_onto_base`.
+    """
+    reporter = reporter or Reporter()
+    output = Path(output) if output is not None else default_output(data_dir, "imprint")
+    if base is not None:
+        if extractor is not None:
+            raise WorkbenchError("--base brings its own extractor; leave out --extractor")
+        return imprint_onto_base(
+            data_dir, base, output, keep_classes, base_labels,
+            test_ratio, max_per_class, seed, device, reporter, cache,
+        )  # fmt: skip
+    run = start_training(
+        data_dir, extractor, output, test_ratio, max_per_class, seed, device, reporter,
+        cache=cache,
+    )  # fmt: skip
+    dataset, data_split, graph, embedded = run.dataset, run.split, run.graph, run.embedded
+
+    start = time.perf_counter()
+    head: ImprintingHead = train_imprinting(
+        embedded.train_x, embedded.train_y, len(data_split.classes), whiten=whiten
+    )
+    train_seconds = time.perf_counter() - start
+    tail = append_imprinting_tail(
+        graph,
+        head.classes.weights,
+        head.scale_factor,
+        head.cosine_range,
+        transform=whitening_layer(head, embedded.train_x),
+    )
+    info = run.extractor_info
+    graph.set_description(training_state_text(head.classes.norms, head.classes.trainable))
+    set_workbench_metadata(
+        graph,
+        {
+            "trainer": "imprint",
+            "classes": list(data_split.classes),
+            "embedding_tensor": run.embedding_tensor,
+            "l2norm_tensor": tail.l2norm_output,
+            **info,
+        },
+    )
+    settings = {
+        "test_ratio": test_ratio,
+        "max_per_class": max_per_class,
+        "seed": seed,
+        "whiten": whiten,
+    }
+    report = base_report("imprint", data_dir, data_split, dataset, embedded, settings, info)
+    report["timing"]["train_s"] = round(train_seconds, 3)
+    report["head"] = {
+        "scale_factor": head.scale_factor,
+        "cosine_range": list(head.cosine_range),
+        "embedding_dim": head.classes.dim,
+    }
+    return finish_training(
+        graph,
+        output,
+        list(data_split.classes),
+        embedded,
+        head.scores(embedded.test_x),
+        report,
+        device,
+        reporter,
+    )
+
+
+def whitening_layer(head: ImprintingHead, train_x: np.ndarray) -> Transform | None:
+    """The whitening as an exported layer, its output range taken from the training data."""
+    if head.whitening is None:
+        return None
+    z = head.whitening.apply(train_x)
+    lo, hi = float(z.min()), float(z.max())
+    margin = OUTPUT_RANGE_MARGIN * (hi - lo)
+    return Transform(head.whitening.matrix, head.whitening.bias, (lo - margin, hi + margin))
+
+
+def imprint_onto_base(
+    data_dir: str | Path,
+    base: str | Path,
+    output: Path,
+    keep_classes: bool,
+    base_labels: str | Path | None,
+    test_ratio: float,
+    max_per_class: int,
+    seed: int,
+    device: str | None,
+    reporter: Reporter,
+    cache: CacheChoice = True,
+) -> TrainingResult:
+    """Continue imprinting from an imprinting model (workbench's or Coral's).
+
+    The base's extractor, up to and including its L2Norm (and workbench's whitening before
+    it), is reused as is; only the images in `data_dir` are extracted. With `keep_classes` the
+    base's classes stay (ids first, labels merged by name): a folder named like a base class
+    trained by imprinting adds images to it, one named like any other base class is refused.
+    Without it the new model has only the folder's classes.
+    """
+    base_model = read_imprinting_model(Graph.load(base))
+    known = read_labels(base_labels or default_labels_path(base))
+    if len(known) != base_model.classes.num_classes:
+        raise WorkbenchError(
+            f"the base model has {base_model.classes.num_classes} classes but its labels file "
+            f"has {len(known)}; pass the right one with --base-labels"
+        )
+    run = start_training(
+        data_dir, base, output, test_ratio, max_per_class, seed, device, reporter,
+        extractor_graph=base_model.extractor, cache=cache,
+    )  # fmt: skip
+    names = list(run.split.classes)
+    state = None
+    merged = names
+    if keep_classes:
+        state = base_model.classes
+        frozen = [n for n in names if n in known and not state.trainable[known.index(n)]]
+        if frozen:
+            raise WorkbenchError(
+                f"{', '.join(frozen)}: base-model classes not trained by imprinting can be kept "
+                "but not retrained; rename or remove those folders"
+            )
+        merged = known + [n for n in names if n not in known]
+    to_merged = np.asarray([merged.index(n) for n in names], np.int64)
+    embedded = run.embedded
+    train_y = to_merged[embedded.train_y]
+    start = time.perf_counter()
+    classes = imprint(embedded.train_x, train_y, len(merged), base=state)
+    loo = leave_one_out_cosines(classes, embedded.train_x, train_y)
+    scale_factor = fit_scale_factor(loo, train_y)
+    head = ImprintingHead(classes, scale_factor, cosine_window(loo, scale_factor))
+    train_seconds = time.perf_counter() - start
+
+    graph = base_model.extractor
+    tail = append_imprinting_tail(
+        graph, classes.weights, head.scale_factor, head.cosine_range,
+        embedding=base_model.embedding,
+    )  # fmt: skip
+    graph.set_description(training_state_text(classes.norms, classes.trainable))
+    set_workbench_metadata(
+        graph,
+        {
+            "trainer": "imprint",
+            "classes": merged,
+            "base": str(base),
+            "l2norm_tensor": tail.l2norm_output,
+            **run.extractor_info,
+        },
+    )
+    settings = {
+        "test_ratio": test_ratio,
+        "max_per_class": max_per_class,
+        "seed": seed,
+        "base": str(base),
+        "keep_classes": keep_classes,
+    }
+    report = base_report(
+        "imprint", data_dir, run.split, run.dataset, embedded, settings, run.extractor_info
+    )
+    report["timing"]["train_s"] = round(train_seconds, 3)
+    report["extracted_images"] = len(embedded.train_y) + len(embedded.test_y)
+    report["base_classes"] = known if keep_classes else []
+    report["head"] = {
+        "scale_factor": head.scale_factor,
+        "cosine_range": list(head.cosine_range),
+        "embedding_dim": classes.dim,
+    }
+    evaluated = replace(embedded, test_y=to_merged[embedded.test_y])
+    return finish_training(
+        graph, output, merged, evaluated, head.scores(embedded.test_x), report, device, reporter
+    )
