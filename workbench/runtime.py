@@ -266,6 +266,7 @@ def load_model(
 ) -> LoadedModel:
     """Load a `.tflite` for inference, on the Edge TPU when it was compiled for one.
 
+    `num_threads` defaults to the cores this process may use; 0 leaves it to the runtime.
     With `content` the model comes from memory (a model built on the fly, such as the
     extractor part of an imprinting model) and `path` only names it in messages.
     Raises WorkbenchError for a missing, damaged or unsupported file, and for an Edge TPU
@@ -292,7 +293,8 @@ def load_model(
             interpreter = Interpreter(
                 model_content=data,
                 experimental_delegates=delegates or None,
-                num_threads=num_threads or cpu_threads(),
+                # 0: leave the choice to the runtime, as pycoral's make_interpreter does.
+                num_threads=(cpu_threads() if num_threads is None else num_threads) or None,
             )
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
