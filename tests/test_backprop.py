@@ -222,3 +222,21 @@ def test_bench_backprop_prints_its_measurement() -> None:
     figures = json.loads(result.stdout)
     assert (figures["samples"], figures["dim"], figures["epochs"]) == (60, 8, 3)
     assert figures["seconds"] > 0
+
+
+def test_classes_too_small_for_validation_keep_the_last_epoch(
+    tmp_path: Path, models: dict[str, Path]
+) -> None:
+    from tests.builders import make_dataset
+
+    data = make_dataset(tmp_path / "tiny", per_class=3)  # 1 held out, 2 to train, 0 to validate
+    out = tmp_path / "tiny.tflite"
+    result = runner.invoke(
+        app, ["backprop", str(data), "-e", str(models["uint8"]), "-o", str(out), "--json",
+              "--epochs", "20"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["head"]["num_val"] == 0 and report["head"]["best_epoch"] == 20
+    assert "too small for a validation part" in result.stderr
+    assert report["training_curve"][-1]["val_accuracy"] is None
