@@ -376,27 +376,9 @@ def extractor(
     json_output: JsonOpt = False,
 ) -> None:
     """Cut a classifier at its embedding: an extractor for imprint and backprop."""
-    from workbench.export import write_files_atomically
-    from workbench.runtime import load_model
-    from workbench.surgery import cut_extractor
-    from workbench.tflite.graph import Graph
+    from workbench.surgery import write_extractor
 
-    source = Graph.load(classifier)
-    cut = cut_extractor(source, tensor)
-    dim = cut.embedding_dim
-    data = cut.graph.to_bytes()
-    target = output or Path(f"{classifier.stem}_extractor.tflite")
-    checked = load_model(target, content=data)  # it must load and run before it is written
-    write_files_atomically({target: data})
-    info = {
-        "extractor": str(target),
-        "cut_at_tensor": cut.embedding_name,
-        "embedding_dim": dim,
-        "output_dtype": str(checked.output.dtype),
-        "ops_kept": cut.ops_kept,
-        "ops_dropped": len(source.operators) - cut.ops_kept,
-        "bytes": len(data),
-    }
+    info = write_extractor(classifier, output, tensor)
     if json_output:
         emit_json(info)
     else:

@@ -9,6 +9,8 @@ model (at its L2Norm output) gives the extractor pycoral's ImprintingEngine hand
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -145,3 +147,34 @@ def cut_extractor(graph: Graph, tensor_name: str | None = None) -> CutExtractor:
 def _metadata_name(entry: fb.MetadataT) -> str:
     name = entry.name
     return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def write_extractor(
+    classifier: str | Path, output: str | Path | None = None, tensor_name: str | None = None
+) -> dict[str, Any]:
+    """Cut `classifier` at its embedding and write the extractor (checked, atomically).
+
+    The cut model is loaded and run by the interpreter before it is written. `output`
+    defaults to `<classifier name>_extractor.tflite` in the current folder.
+    """
+    from workbench.export import check_writable, write_files_atomically
+    from workbench.runtime import load_model
+
+    classifier = Path(classifier)
+    target = Path(output) if output is not None else Path(f"{classifier.stem}_extractor.tflite")
+    check_writable(target)
+    source = Graph.load(classifier)
+    cut = cut_extractor(source, tensor_name)
+    data = cut.graph.to_bytes()
+    checked = load_model(target, content=data)
+    checked.run(np.zeros(checked.input.shape, checked.input.dtype))
+    write_files_atomically({target: data})
+    return {
+        "extractor": str(target),
+        "cut_at_tensor": cut.embedding_name,
+        "embedding_dim": cut.embedding_dim,
+        "output_dtype": str(checked.output.dtype),
+        "ops_kept": cut.ops_kept,
+        "ops_dropped": len(source.operators) - cut.ops_kept,
+        "bytes": len(data),
+    }
