@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS outputs (
 )
 """
 FORMAT = "workbench-cache-1"
+LOOKUP_BATCH = 500
 
 
 def default_cache_dir() -> Path:
@@ -110,19 +111,15 @@ class OutputCache:
         found: dict[int, np.ndarray] = {}
         db = self._connect()
         if db is not None:
+            wanted = {key.path: i for i, key in enumerate(keys) if key is not None}
             try:
-                rows = {
-                    row[0]: row[1:]
-                    for row in db.execute(
-                        "SELECT path, size, mtime_ns, vector, digest FROM outputs"
-                    )
-                }
+                rows = self._rows(db, list(wanted))
             except sqlite3.DatabaseError:
-                rows = {}
-            for index, key in enumerate(keys):
-                if key is None or key.path not in rows:
-                    continue
-                size, mtime_ns, vector, digest = rows[key.path]
+                rows = []
+            for path, size, mtime_ns, vector, digest in rows:
+                index = wanted[path]
+                key = keys[index]
+                assert key is not None
                 if (size, mtime_ns) != (key.size, key.mtime_ns):
                     continue  # the file changed since it was cached
                 if len(vector) != 4 * self.width or _digest(key, vector) != digest:
@@ -131,6 +128,19 @@ class OutputCache:
         self.hits += len(found)
         self.misses += len(paths) - len(found)
         return found, keys
+
+    @staticmethod
+    def _rows(db: sqlite3.Connection, paths: list[str]) -> list[tuple]:
+        """The entries for these paths only, fetched in batches (SQLite limits parameters)."""
+        rows: list[tuple] = []
+        for start in range(0, len(paths), LOOKUP_BATCH):
+            batch = paths[start : start + LOOKUP_BATCH]
+            marks = ",".join("?" * len(batch))
+            rows += db.execute(
+                f"SELECT path, size, mtime_ns, vector, digest FROM outputs WHERE path IN ({marks})",
+                batch,
+            ).fetchall()
+        return rows
 
     def store(self, entries: Sequence[tuple[FileKey, np.ndarray]]) -> None:
         db = self._connect()
