@@ -250,6 +250,24 @@ def test_base_without_keep_classes_has_only_the_new_classes(
     assert json.loads(result.stdout)["classes"] == ["blue", "vstripes"]
 
 
+def test_base_without_whitening_statistics_reuses_its_extractor_to_the_l2norm(
+    tmp_path: Path, models: dict[str, Path]
+) -> None:
+    data = make_dataset(tmp_path / "two", classes=("red", "green"), per_class=8)
+    base = tmp_path / "plain.tflite"
+    made = cli("imprint", data, "-e", models["uint8"], "--no-whiten", "-o", base, "--json")
+    assert made.exit_code == 0, made.output
+    more = make_dataset(tmp_path / "more", classes=("blue",), per_class=8)
+    make_dataset(tmp_path / "more", classes=("vstripes",), per_class=8)
+    out = tmp_path / "four.tflite"
+    result = cli("imprint", more, "--base", base, "--keep-classes", "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["settings"]["rewhitened"] is False
+    assert report["classes"] == ["green", "red", "blue", "vstripes"]
+    assert report["top_k_accuracy"][0] == 1.0
+
+
 def test_base_class_not_trained_by_imprinting_is_refused(
     tmp_path: Path, base_model: tuple[Path, Path]
 ) -> None:
@@ -398,34 +416,46 @@ def test_bad_device_string_is_refused(tmp_path: Path, models: dict[str, Path]) -
 # --- on real Coral models (../shared) ------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def flowers_all_at_once(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("all") / "all.tflite"
+    result = cli("imprint", shared_file(FLOWERS), "-e", shared_file(CORAL_EXTRACTOR), "-o", out,
+                 "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
 @pytest.mark.shared
-def test_flowers_three_then_two_is_within_002_of_all_five(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "first", [("daisy", "dandelion", "roses"), ("roses", "sunflowers", "tulips")]
+)
+def test_flowers_three_then_two_is_within_002_of_all_five(
+    tmp_path: Path, flowers_all_at_once: dict, first: tuple[str, ...]
+) -> None:
     flowers = shared_file(FLOWERS)
     extractor = shared_file(CORAL_EXTRACTOR)
-    first, second = tmp_path / "first", tmp_path / "second"
-    first.mkdir()
-    second.mkdir()
-    for name in ("daisy", "dandelion", "roses"):
-        (first / name).symlink_to(flowers / name)
-    for name in ("sunflowers", "tulips"):
-        (second / name).symlink_to(flowers / name)
+    then = [c for c in ("daisy", "dandelion", "roses", "sunflowers", "tulips") if c not in first]
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    for name in first:
+        (first_dir / name).symlink_to(flowers / name)
+    for name in then:
+        (second_dir / name).symlink_to(flowers / name)
     three = tmp_path / "three.tflite"
-    assert cli("imprint", first, "-e", extractor, "-o", three, "--json").exit_code == 0
+    assert cli("imprint", first_dir, "-e", extractor, "-o", three, "--json").exit_code == 0
     five = tmp_path / "five.tflite"
-    result = cli("imprint", second, "--base", three, "--keep-classes", "-o", five, "--json")
+    result = cli("imprint", second_dir, "--base", three, "--keep-classes", "-o", five, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert set(report["counts"]["train"]) == {"sunflowers", "tulips"}
+    assert set(report["counts"]["train"]) == set(then) and report["settings"]["rewhitened"]
     assert report["extracted_images"] == sum(
-        len(report["split"][part][c])
-        for part in ("train", "test")
-        for c in report["counts"]["train"]
+        len(report["split"][part][c]) for part in ("train", "test") for c in then
     )
     merged = json.loads(cli("evaluate", five, flowers, "--json").stdout)
-    at_once = json.loads(cli("imprint", flowers, "-e", extractor, "-o", tmp_path / "all.tflite",
-                             "--json").stdout)  # fmt: skip
-    assert merged["num_images"] == at_once["num_images"] == 780
-    assert abs(merged["top_k_accuracy"][0] - at_once["top_k_accuracy"][0]) <= 0.02
+    assert merged["num_images"] == flowers_all_at_once["num_images"] == 780
+    gap = flowers_all_at_once["top_k_accuracy"][0] - merged["top_k_accuracy"][0]
+    assert abs(gap) <= 0.02
 
 
 @pytest.mark.shared

@@ -130,3 +130,24 @@ def test_whitening_turns_down_nuisance_directions_and_helps_imprinting() -> None
     acc_plain = np.mean(plain.scores(test_x).argmax(1) == labels)
     acc_white = np.mean(whitened.scores(test_x).argmax(1) == labels)
     assert acc_white > 0.95 and acc_white > acc_plain + 0.1
+
+
+def test_whitening_statistics_survive_a_model_file_and_pool() -> None:
+    from workbench.whitening import Whitening, fit_whitening
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 6)) * [5, 1, 1, 0.5, 2, 1]
+    y = np.repeat([0, 1, 2], 20)
+    w = fit_whitening(x[:40], y[:40])
+    restored = Whitening.from_bytes(w.to_bytes())
+    np.testing.assert_allclose(restored.matrix, w.matrix, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(restored.mean, w.mean, rtol=1e-6)
+    assert restored.count == 40
+    # Pooling old statistics with new classes is the same as fitting on all (same mean).
+    pooled = w.pooled_with(x[40:], y[40:])
+    direct = fit_whitening(x, y)
+    assert pooled.count == 60
+    np.testing.assert_allclose(pooled.scatter, direct.scatter, atol=1e-9)
+    # Carrying whitened vectors between the two spaces is exact for unnormalized ones.
+    z_old = w.apply(x)
+    np.testing.assert_allclose(w.carry(z_old, pooled), pooled.apply(x), atol=1e-9)

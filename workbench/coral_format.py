@@ -123,6 +123,7 @@ class ImprintingModel:
     embedding: int  # the L2Norm output in `extractor`
     classes: ImprintedClasses
     scale_factor: float
+    cosine_range: tuple[float, float]  # the cosines its 8-bit layer resolves ([-1, 1] if float)
 
 
 def read_imprinting_model(graph: Graph) -> ImprintingModel:
@@ -146,6 +147,7 @@ def read_imprinting_model(graph: Graph) -> ImprintingModel:
     norms = np.array([state.get(c, 1.0) for c in range(layout.num_classes)])
     scale = float(np.ravel(_dequantized(graph, layout.scale_factor))[0])
     extractor = cut_at(graph, layout.embedding, flatten=False)
+    cosine_range = _cosine_range(graph, layout)
     return ImprintingModel(
         extractor=extractor,
         embedding=extractor.outputs[0],
@@ -153,7 +155,25 @@ def read_imprinting_model(graph: Graph) -> ImprintingModel:
             weights * norms[:, None], trainable, np.zeros(layout.num_classes, np.int64)
         ),
         scale_factor=scale,
+        cosine_range=cosine_range,
     )
+
+
+def _cosine_range(graph: Graph, layout: ImprintingLayout) -> tuple[float, float]:
+    """The window of cosines the model's cosine layer resolves.
+
+    Its output spans the 8-bit range of its quantization, shifted by its (shared) bias:
+    workbench stores the window's bottom as a bias of -lo over [0, hi - lo]; Coral's models
+    have no bias and [-1, 1].
+    """
+    output = int(graph.operators[layout.conv_op].outputs[0])
+    quant = graph.quant(output)
+    if quant is None or graph.dtype(output) == np.float32:
+        return -1.0, 1.0
+    info = np.iinfo(graph.dtype(output))
+    scale, zero_point = float(quant.scale[0]), int(quant.zero_point[0])
+    shift = float(np.mean(_dequantized(graph, layout.bias)))
+    return (info.min - zero_point) * scale - shift, (info.max - zero_point) * scale - shift
 
 
 def _dequantized(graph: Graph, tensor: int) -> np.ndarray:

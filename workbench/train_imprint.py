@@ -8,15 +8,21 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.coral_format import read_imprinting_model, training_state_text
+from workbench.coral_format import imprinting_layout, read_imprinting_model, training_state_text
 from workbench.dataset import DEFAULT_MAX_PER_CLASS, DEFAULT_SEED, DEFAULT_TEST_RATIO
 from workbench.errors import WorkbenchError
-from workbench.export import default_labels_path, read_labels, set_workbench_metadata
+from workbench.export import (
+    default_labels_path,
+    read_labels,
+    set_workbench_metadata,
+    workbench_metadata,
+)
 from workbench.imprint import (
     ImprintingHead,
     cosine_window,
     fit_scale_factor,
     imprint,
+    l2_normalize,
     leave_one_out_cosines,
     train_imprinting,
 )
@@ -30,8 +36,13 @@ from workbench.pipeline import (
     start_training,
 )
 from workbench.progress import Reporter
+from workbench.surgery import cut_at
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import Transform, append_imprinting_tail
+from workbench.whitening import Whitening, fit_whitening
+
+# Metadata entry holding the whitening's statistics, so a model can be extended later.
+WHITENING_METADATA = "workbench_whitening"
 
 
 def imprint_folder(
@@ -84,6 +95,8 @@ def imprint_folder(
     )
     info = run.extractor_info
     graph.set_description(training_state_text(head.classes.norms, head.classes.trainable))
+    if head.whitening is not None:
+        graph.set_metadata(WHITENING_METADATA, head.whitening.to_bytes())
     set_workbench_metadata(
         graph,
         {
@@ -119,14 +132,21 @@ def imprint_folder(
     )
 
 
-def whitening_layer(head: ImprintingHead, train_x: np.ndarray) -> Transform | None:
-    """The whitening as an exported layer, its output range taken from the training data."""
+def whitening_layer(
+    head: ImprintingHead, train_x: np.ndarray, also: tuple[float, float] | None = None
+) -> Transform | None:
+    """The whitening as an exported layer, its output range taken from the training data.
+
+    `also` widens the range to cover another one (a base model's, whose images are not here).
+    """
     if head.whitening is None:
         return None
     z = head.whitening.apply(train_x)
     lo, hi = float(z.min()), float(z.max())
     margin = OUTPUT_RANGE_MARGIN * (hi - lo)
-    return Transform(head.whitening.matrix, head.whitening.bias, (lo - margin, hi + margin))
+    return Transform(
+        head.whitening.matrix, head.whitening.bias, union((lo - margin, hi + margin), also)
+    )
 
 
 def imprint_onto_base(
@@ -144,22 +164,31 @@ def imprint_onto_base(
 ) -> TrainingResult:
     """Continue imprinting from an imprinting model (workbench's or Coral's).
 
-    The base's extractor, up to and including its L2Norm (and workbench's whitening before
-    it), is reused as is; only the images in `data_dir` are extracted. With `keep_classes` the
-    base's classes stay (ids first, labels merged by name): a folder named like a base class
-    trained by imprinting adds images to it, one named like any other base class is refused.
-    Without it the new model has only the folder's classes.
+    Only the images in `data_dir` are extracted. With `keep_classes` the base's classes stay
+    (ids first, labels merged by name): a folder named like a base class trained by imprinting
+    adds images to it, one named like any other base class is refused. Without it the new
+    model has only the folder's classes.
+
+    A workbench model made with whitening carries the whitening's statistics: its original
+    extractor is reused, the whitening is refitted on the pooled statistics of the base's
+    images and the new ones, and the base's class vectors are carried into the new whitened
+    space. Any other base (Coral's, or `--no-whiten`) is reused up to and including its L2Norm.
     """
-    base_model = read_imprinting_model(Graph.load(base))
+    base_graph = Graph.load(base)
+    base_model = read_imprinting_model(base_graph)
     known = read_labels(base_labels or default_labels_path(base))
     if len(known) != base_model.classes.num_classes:
         raise WorkbenchError(
             f"the base model has {base_model.classes.num_classes} classes but its labels file "
             f"has {len(known)}; pass the right one with --base-labels"
         )
+    old_whitening = stored_whitening(base_graph)
+    raw_tensor = (workbench_metadata(base_graph) or {}).get("embedding_tensor")
+    rewhiten = old_whitening is not None and isinstance(raw_tensor, int)
+    extractor = cut_at(base_graph, raw_tensor, flatten=False) if rewhiten else base_model.extractor
     run = start_training(
         data_dir, base, output, test_ratio, max_per_class, seed, device, reporter,
-        extractor_graph=base_model.extractor, cache=cache,
+        extractor_graph=extractor, cache=cache,
     )  # fmt: skip
     names = list(run.split.classes)
     state = None
@@ -176,18 +205,44 @@ def imprint_onto_base(
     to_merged = np.asarray([merged.index(n) for n in names], np.int64)
     embedded = run.embedded
     train_y = to_merged[embedded.train_y]
+
     start = time.perf_counter()
-    classes = imprint(embedded.train_x, train_y, len(merged), base=state)
-    loo = leave_one_out_cosines(classes, embedded.train_x, train_y)
+    whitening = None
+    if rewhiten:
+        assert old_whitening is not None
+        if state is not None:
+            whitening = old_whitening.pooled_with(embedded.train_x, embedded.train_y)
+            carried = l2_normalize(old_whitening.carry(state.sums, whitening))
+            state = replace(state, sums=carried * state.norms[:, None])
+        else:
+            whitening = fit_whitening(embedded.train_x, embedded.train_y)
+    features = embedded.train_x if whitening is None else whitening.apply(embedded.train_x)
+    classes = imprint(features, train_y, len(merged), base=state)
+    loo = leave_one_out_cosines(classes, features, train_y)
     scale_factor = fit_scale_factor(loo, train_y)
-    head = ImprintingHead(classes, scale_factor, cosine_window(loo, scale_factor))
+    window = cosine_window(loo, scale_factor)
+    if keep_classes:  # the base's images are not here: keep the cosines its window resolved
+        window = union(window, base_model.cosine_range)
+    head = ImprintingHead(classes, scale_factor, window, whitening)
     train_seconds = time.perf_counter() - start
 
-    graph = base_model.extractor
-    tail = append_imprinting_tail(
-        graph, classes.weights, head.scale_factor, head.cosine_range,
-        embedding=base_model.embedding,
-    )  # fmt: skip
+    graph = extractor
+    if rewhiten:
+        layout = imprinting_layout(base_graph)
+        assert layout is not None
+        old_whitened = int(base_graph.operators[layout.l2norm_op].inputs[0])
+        old_range = _layer_range(base_graph, old_whitened)
+        transform = whitening_layer(head, embedded.train_x, also=old_range)
+        tail = append_imprinting_tail(
+            graph, classes.weights, scale_factor, head.cosine_range, transform=transform
+        )
+        assert whitening is not None
+        graph.set_metadata(WHITENING_METADATA, whitening.to_bytes())
+    else:
+        tail = append_imprinting_tail(
+            graph, classes.weights, scale_factor, head.cosine_range,
+            embedding=base_model.embedding,
+        )  # fmt: skip
     graph.set_description(training_state_text(classes.norms, classes.trainable))
     set_workbench_metadata(
         graph,
@@ -196,6 +251,7 @@ def imprint_onto_base(
             "classes": merged,
             "base": str(base),
             "l2norm_tensor": tail.l2norm_output,
+            **({"embedding_tensor": raw_tensor} if rewhiten else {}),
             **run.extractor_info,
         },
     )
@@ -205,6 +261,7 @@ def imprint_onto_base(
         "seed": seed,
         "base": str(base),
         "keep_classes": keep_classes,
+        "rewhitened": rewhiten,
     }
     report = base_report(
         "imprint", data_dir, run.split, run.dataset, embedded, settings, run.extractor_info
@@ -221,3 +278,28 @@ def imprint_onto_base(
     return finish_training(
         graph, output, merged, evaluated, head.scores(embedded.test_x), report, device, reporter
     )
+
+
+def union(a: tuple[float, float], b: tuple[float, float] | None) -> tuple[float, float]:
+    return a if b is None else (min(a[0], b[0]), max(a[1], b[1]))
+
+
+def _layer_range(graph: Graph, tensor: int) -> tuple[float, float] | None:
+    """The real-valued range an 8-bit tensor can hold, or None for a float one."""
+    quant = graph.quant(tensor)
+    if quant is None or graph.dtype(tensor) not in (np.uint8, np.int8):
+        return None
+    info = np.iinfo(graph.dtype(tensor))
+    scale, zero_point = float(quant.scale[0]), int(quant.zero_point[0])
+    return (info.min - zero_point) * scale, (info.max - zero_point) * scale
+
+
+def stored_whitening(graph: Graph) -> Whitening | None:
+    """The whitening statistics a workbench imprinting model carries, if any (and readable)."""
+    data = graph.metadata(WHITENING_METADATA)
+    if not data:
+        return None
+    try:
+        return Whitening.from_bytes(data)
+    except (ValueError, KeyError, OSError, EOFError):
+        return None

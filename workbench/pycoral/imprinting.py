@@ -37,6 +37,7 @@ class ImprintingEngine:
         self._extractor = base.extractor
         self._embedding = base.embedding
         self._scale_factor = base.scale_factor
+        self._base_window = base.cosine_range if keep_classes else None
         dim = base.classes.dim
         self._classes = base.classes if keep_classes else ImprintedClasses.empty(dim)
         self._num_base = self._classes.num_classes
@@ -95,8 +96,13 @@ class ImprintingEngine:
         if self._trained:
             seen = cosines(classes, np.stack([u for u, _ in self._trained]))
             window = cosine_window(seen, self._scale_factor)
+            if self._base_window is not None:  # keep resolving the base images' cosines
+                window = (
+                    min(window[0], self._base_window[0]),
+                    max(window[1], self._base_window[1]),
+                )
         else:
-            window = (-1.0, 1.0)
+            window = self._base_window or (-1.0, 1.0)
         graph = copy_graph(self._extractor)
         append_imprinting_tail(
             graph, classes.weights, self._scale_factor, window, embedding=self._embedding
