@@ -237,6 +237,19 @@ def test_base_keep_classes_adds_classes_and_extracts_only_new_images(
     # red had 7 training images in the base and got 6 more: its norm grew
     base_norms = Graph.load(path).description().split()[1::2]
     assert float(counts[3]) > float(base_norms[1]) + 3
+    # and once more, from the continued model: it still carries what re-whitening needs
+    again = make_dataset(tmp_path / "again", classes=("hstripes",), per_class=8)
+    make_dataset(tmp_path / "again", classes=("vstripes",), per_class=8)
+    out2 = tmp_path / "five.tflite"
+    result = cli("imprint", again, "--base", out, "--keep-classes", "-o", out2, "--json")
+    assert result.exit_code == 0, result.output
+    chained = json.loads(result.stdout)
+    assert chained["settings"]["rewhitened"] and chained["top_k_accuracy"][0] == 1.0
+    assert chained["classes"] == ["green", "red", "blue", "hstripes", "vstripes"]
+    everything = make_dataset(tmp_path / "all", per_class=6, seed=9,
+                              classes=("red", "green", "blue", "hstripes", "vstripes"))  # fmt: skip
+    evaluated = json.loads(cli("evaluate", out2, everything, "--json").stdout)
+    assert evaluated["top_k_accuracy"][0] == 1.0
 
 
 def test_base_without_keep_classes_has_only_the_new_classes(

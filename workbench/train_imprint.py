@@ -251,7 +251,7 @@ def imprint_onto_base(
             "classes": merged,
             "base": str(base),
             "l2norm_tensor": tail.l2norm_output,
-            **({"embedding_tensor": raw_tensor} if rewhiten else {}),
+            **({"embedding_tensor": run.embedding_tensor} if rewhiten else {}),
             **run.extractor_info,
         },
     )
