@@ -17,6 +17,7 @@ import numpy as np
 from workbench.errors import WorkbenchError
 from workbench.imprint import ImprintedClasses, l2_normalize
 from workbench.tflite.graph import Graph
+from workbench.tflite.quant import dequantize, representable
 
 TAIL = ("CONV_2D", "MUL", "RESHAPE", "SOFTMAX")
 
@@ -170,10 +171,9 @@ def _cosine_range(graph: Graph, layout: ImprintingLayout) -> tuple[float, float]
     quant = graph.quant(output)
     if quant is None or graph.dtype(output) == np.float32:
         return -1.0, 1.0
-    info = np.iinfo(graph.dtype(output))
-    scale, zero_point = float(quant.scale[0]), int(quant.zero_point[0])
+    lo, hi = representable(quant, graph.dtype(output))
     shift = float(np.mean(_dequantized(graph, layout.bias)))
-    return (info.min - zero_point) * scale - shift, (info.max - zero_point) * scale - shift
+    return lo - shift, hi - shift
 
 
 def _dequantized(graph: Graph, tensor: int) -> np.ndarray:
@@ -183,4 +183,4 @@ def _dequantized(graph: Graph, tensor: int) -> np.ndarray:
     quant = graph.quant(tensor)
     if quant is None or graph.dtype(tensor) == np.float32:
         return values.astype(np.float64)
-    return (values.astype(np.float64) - quant.zero_point[0]) * quant.scale[0]
+    return dequantize(values, quant)

@@ -163,6 +163,11 @@ def cosine_window(cos: np.ndarray, scale_factor: float) -> tuple[float, float]:
     return lo, max(hi, lo + 1e-3)
 
 
+def widened(window: tuple[float, float], other: tuple[float, float] | None) -> tuple[float, float]:
+    """The smallest range covering both (`window` itself when there is no other)."""
+    return window if other is None else (min(window[0], other[0]), max(window[1], other[1]))
+
+
 @dataclass
 class ImprintingHead:
     """A trained imprinting head: optional whitening, class state, export calibration."""

@@ -71,6 +71,13 @@ class TrainingResult:
     report: dict[str, Any]
 
 
+def padded_range(values: np.ndarray) -> tuple[float, float]:
+    """The span of a layer's outputs on the training data, with headroom for held-out data."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    margin = OUTPUT_RANGE_MARGIN * (hi - lo)
+    return lo - margin, hi + margin
+
+
 CacheChoice = bool | str | Path
 """True: the default cache folder; False: no cache; a path: that cache folder."""
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from workbench.errors import WorkbenchError
+from workbench.export import METADATA_NAME
 from workbench.tflite.graph import EDGETPU_CUSTOM_CODE, Graph
 from workbench.tflite.heads import PREFIX
 from workbench.tflite.schema import fb
@@ -132,21 +133,13 @@ def cut_extractor(graph: Graph, tensor_name: str | None = None) -> CutExtractor:
     cut = cut_at(graph, tensor)
     added = 1 if cut.tensor_name(cut.outputs[0]) == f"{PREFIX}/embedding" else 0
     cut.set_description(f"embedding extractor cut at {graph.tensor_name(tensor)}")
-    cut.model.metadata = [
-        m for m in cut.model.metadata or [] if _metadata_name(m) != "workbench"
-    ] or None
-    cut.prune_buffers()
+    cut.remove_metadata(METADATA_NAME)  # the classifier's training record no longer applies
     return CutExtractor(
         cut,
         graph.tensor_name(tensor),
         int(cut.shape(cut.outputs[0])[-1]),
         len(cut.operators) - added,
     )
-
-
-def _metadata_name(entry: fb.MetadataT) -> str:
-    name = entry.name
-    return name.decode() if isinstance(name, bytes) else str(name)
 
 
 def write_extractor(

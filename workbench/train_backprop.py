@@ -22,12 +22,12 @@ from workbench.dataset import DEFAULT_MAX_PER_CLASS, DEFAULT_SEED, DEFAULT_TEST_
 from workbench.errors import WorkbenchError
 from workbench.export import set_workbench_metadata
 from workbench.pipeline import (
-    OUTPUT_RANGE_MARGIN,
     CacheChoice,
     TrainingResult,
     base_report,
     default_output,
     finish_training,
+    padded_range,
     start_training,
 )
 from workbench.progress import Reporter
@@ -36,10 +36,7 @@ from workbench.tflite.heads import append_softmax_regression_tail
 
 def logit_range(head: SoftmaxHead, train_x: np.ndarray) -> tuple[float, float]:
     """The span of the head's logits on the training embeddings, with headroom."""
-    logits = head.logits(train_x)
-    lo, hi = float(logits.min()), float(logits.max())
-    margin = OUTPUT_RANGE_MARGIN * (hi - lo)
-    return lo - margin, hi + margin
+    return padded_range(head.logits(train_x))
 
 
 def backprop_folder(

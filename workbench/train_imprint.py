@@ -25,20 +25,22 @@ from workbench.imprint import (
     l2_normalize,
     leave_one_out_cosines,
     train_imprinting,
+    widened,
 )
 from workbench.pipeline import (
-    OUTPUT_RANGE_MARGIN,
     CacheChoice,
     TrainingResult,
     base_report,
     default_output,
     finish_training,
+    padded_range,
     start_training,
 )
 from workbench.progress import Reporter
 from workbench.surgery import cut_at
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import Transform, append_imprinting_tail
+from workbench.tflite.quant import representable
 from workbench.whitening import Whitening, fit_whitening
 
 # Metadata entry holding the whitening's statistics, so a model can be extended later.
@@ -142,11 +144,7 @@ def whitening_layer(
     if head.whitening is None:
         return None
     z = head.whitening.apply(train_x)
-    lo, hi = float(z.min()), float(z.max())
-    margin = OUTPUT_RANGE_MARGIN * (hi - lo)
-    return Transform(
-        head.whitening.matrix, head.whitening.bias, union((lo - margin, hi + margin), also)
-    )
+    return Transform(head.whitening.matrix, head.whitening.bias, widened(padded_range(z), also))
 
 
 def imprint_onto_base(
@@ -222,7 +220,7 @@ def imprint_onto_base(
     scale_factor = fit_scale_factor(loo, train_y)
     window = cosine_window(loo, scale_factor)
     if keep_classes:  # the base's images are not here: keep the cosines its window resolved
-        window = union(window, base_model.cosine_range)
+        window = widened(window, base_model.cosine_range)
     head = ImprintingHead(classes, scale_factor, window, whitening)
     train_seconds = time.perf_counter() - start
 
@@ -280,18 +278,12 @@ def imprint_onto_base(
     )
 
 
-def union(a: tuple[float, float], b: tuple[float, float] | None) -> tuple[float, float]:
-    return a if b is None else (min(a[0], b[0]), max(a[1], b[1]))
-
-
 def _layer_range(graph: Graph, tensor: int) -> tuple[float, float] | None:
     """The real-valued range an 8-bit tensor can hold, or None for a float one."""
     quant = graph.quant(tensor)
     if quant is None or graph.dtype(tensor) not in (np.uint8, np.int8):
         return None
-    info = np.iinfo(graph.dtype(tensor))
-    scale, zero_point = float(quant.scale[0]), int(quant.zero_point[0])
-    return (info.min - zero_point) * scale, (info.max - zero_point) * scale
+    return representable(quant, graph.dtype(tensor))
 
 
 def stored_whitening(graph: Graph) -> Whitening | None:

@@ -15,7 +15,7 @@ import numpy as np
 from workbench.coral_format import read_imprinting_model, training_state_text
 from workbench.errors import WorkbenchError
 from workbench.export import set_workbench_metadata
-from workbench.imprint import ImprintedClasses, cosine_window, cosines, l2_normalize
+from workbench.imprint import ImprintedClasses, cosine_window, cosines, l2_normalize, widened
 from workbench.surgery import copy_graph
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import append_imprinting_tail
@@ -95,12 +95,8 @@ class ImprintingEngine:
         classes = self._classes
         if self._trained:
             seen = cosines(classes, np.stack([u for u, _ in self._trained]))
-            window = cosine_window(seen, self._scale_factor)
-            if self._base_window is not None:  # keep resolving the base images' cosines
-                window = (
-                    min(window[0], self._base_window[0]),
-                    max(window[1], self._base_window[1]),
-                )
+            # keep resolving the base images' cosines too
+            window = widened(cosine_window(seen, self._scale_factor), self._base_window)
         else:
             window = self._base_window or (-1.0, 1.0)
         graph = copy_graph(self._extractor)

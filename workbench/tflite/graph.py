@@ -252,8 +252,7 @@ class Graph:
 
     def metadata(self, name: str) -> bytes | None:
         for entry in self.model.metadata or []:
-            entry_name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
-            if entry_name == name:
+            if _entry_name(entry) == name:
                 data = self.model.buffers[entry.buffer].data
                 return b"" if data is None else np.asarray(data, dtype=np.uint8).tobytes()
         return None
@@ -359,8 +358,7 @@ class Graph:
     def set_metadata(self, name: str, data: bytes) -> None:
         """Add or replace a named metadata entry (free-form bytes in its own buffer)."""
         for entry in self.model.metadata or []:
-            entry_name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
-            if entry_name == name:
+            if _entry_name(entry) == name:
                 self.model.buffers[entry.buffer] = fb.BufferT()
                 self.model.buffers[entry.buffer].data = np.frombuffer(data, np.uint8).copy()
                 return
@@ -368,6 +366,12 @@ class Graph:
         entry.name = name
         entry.buffer = self.add_buffer(data)
         self.model.metadata = [*(self.model.metadata or []), entry]
+
+    def remove_metadata(self, name: str) -> None:
+        """Drop a named metadata entry and, with it, its buffer."""
+        kept = [m for m in self.model.metadata or [] if _entry_name(m) != name]
+        self.model.metadata = kept or None
+        self.prune_buffers()
 
     def description(self) -> str:
         value = self.model.description
@@ -439,6 +443,11 @@ class Graph:
             entry.buffer = remap[int(entry.buffer)]
         if self.model.metadataBuffer is not None:
             self.model.metadataBuffer = [remap[b] for b in _indices(self.model.metadataBuffer)]
+
+
+def _entry_name(entry: fb.MetadataT) -> str:
+    name = entry.name
+    return name.decode() if isinstance(name, bytes) else str(name)
 
 
 def _indices(values: object) -> list[int]:

@@ -42,6 +42,12 @@ def dequantize(values: np.ndarray, quant: Quant) -> np.ndarray:
     return (np.asarray(values, np.float64) - quant.zero_point[0]) * quant.scale[0]
 
 
+def representable(quant: Quant, dtype: np.dtype | type) -> tuple[float, float]:
+    """The real values the lowest and highest integer of `dtype` stand for under `quant`."""
+    lo, hi = dequantize(np.asarray(limits(dtype)), quant)
+    return float(lo), float(hi)
+
+
 def quantize_bias(values: np.ndarray, scale: float) -> np.ndarray:
     """int32 bias with zero point 0 and scale = input scale x weight scale, as TFLite requires."""
     return np.round(np.asarray(values, np.float64) / scale).astype(np.int32)
