@@ -141,10 +141,14 @@ CLASS_STYLES = {
     "blue": ((40, 60, 200), None),
     "hstripes": ((128, 128, 128), "h"),
     "vstripes": ((128, 128, 128), "v"),
+    "cyan": ((40, 170, 190), None),
+    "orange": ((210, 120, 40), None),
 }
 
 
-def class_image(style: str, rng: np.random.Generator, size: int = 48) -> Image.Image:
+def class_image(
+    style: str, rng: np.random.Generator, size: int = 48, noise: float = 25.0
+) -> Image.Image:
     """An RGB image of a synthetic class: a colour with noise, or stripes of random phase."""
     color, stripes = CLASS_STYLES[style]
     base = np.empty((size, size, 3), np.float64)
@@ -155,7 +159,7 @@ def class_image(style: str, rng: np.random.Generator, size: int = 48) -> Image.I
         idx = (np.arange(size) + phase) % period < period // 2
         band = np.where(idx, 90.0, -90.0)
         base += band[:, None, None] if stripes == "h" else band[None, :, None]
-    base += rng.normal(0.0, 25.0, size=base.shape)
+    base += rng.normal(0.0, noise, size=base.shape)
     base *= rng.uniform(0.8, 1.2)  # exposure
     return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
 
@@ -167,6 +171,7 @@ def make_dataset(
     seed: int = 0,
     fmt: str = "png",
     size: int = 48,
+    noise: float = 25.0,
 ) -> Path:
     """Write `per_class` images of each synthetic class into root/<class>/."""
     rng = np.random.default_rng(seed)
@@ -174,5 +179,5 @@ def make_dataset(
         folder = root / style
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            class_image(style, rng, size).save(folder / f"{style}_{i:03d}.{fmt}")
+            class_image(style, rng, size, noise).save(folder / f"{style}_{i:03d}.{fmt}")
     return root

@@ -12,13 +12,18 @@ from typer.testing import CliRunner
 
 from tests.test_heads import EMBEDDING_QUANT, clustered_features, embedding_graph, run_head
 from workbench.backprop import (
+    REG_GRID,
     FeatureMap,
+    SgdSettings,
     SoftmaxRegression,
+    choose_reg,
+    imprinting_start,
+    sgd,
     train_backprop,
-    validation_rows,
 )
 from workbench.cli import app
 from workbench.export import workbench_metadata
+from workbench.imprint import cosines, imprint
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import append_softmax_regression_tail
 
@@ -55,13 +60,62 @@ def test_gradient_matches_finite_differences() -> None:
         np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-8)
 
 
-@pytest.mark.parametrize("condition", ["whiten", "standardize", "none"])
-def test_learns_separable_classes_perfectly(condition: str) -> None:
+def test_learns_separable_classes_perfectly() -> None:
     x, y = clustered_features(600, 32, 8, seed=3)
-    head = train_backprop(x[:400], y[:400], 8, epochs=30, seed=0, condition=condition)
+    head = train_backprop(x[:400], y[:400], 8, epochs=30, seed=0)
     assert np.mean(head.logits(x[400:]).argmax(1) == y[400:]) == 1.0
     losses = [s.loss for s in head.history]
-    assert losses[-1] < 0.5 * losses[0]
+    assert len(losses) == 30 and losses[-1] < losses[0]
+
+
+def test_training_several_penalties_at_once_equals_training_each_alone() -> None:
+    x, y = clustered_features(150, 12, 3, seed=4)
+    start = (np.zeros((12, 3)), np.zeros(3))
+    settings = SgdSettings(epochs=5, batch_size=40)
+    together, bias, _ = sgd(x, y, start, np.array([0.1, 0.001]), settings, seed=2)
+    for k, reg in enumerate([0.1, 0.001]):
+        alone, alone_bias, history = sgd(x, y, start, np.array([reg]), settings, seed=2)
+        np.testing.assert_allclose(together[k], alone[0], atol=1e-10)
+        np.testing.assert_allclose(bias[k], alone_bias[0], atol=1e-10)
+    assert len(history) == 5
+
+
+def test_imprinting_start_is_imprinting_as_a_linear_layer() -> None:
+    x, y = clustered_features(90, 10, 3, seed=5)
+    weights, bias, held_out = imprinting_start(x, y, 3)
+    expected = cosines(imprint(x, y, 3), x).argmax(1)
+    assert np.array_equal((x @ weights + bias).argmax(1), expected)
+    assert held_out.shape == (90, 3) and np.isfinite(held_out).all()
+
+
+def test_penalty_is_the_one_with_the_lowest_held_out_loss() -> None:
+    rng = np.random.default_rng(6)
+
+    def data(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 3, size=n)
+        x = rng.normal(size=(n, 40))
+        x[:, :3] += 1.5 * np.eye(3)[y]
+        return x, y
+
+    settings = SgdSettings(epochs=30)
+    few, held, rows = choose_reg(*data(30), 3, settings, seed=0)
+    many, _, _ = choose_reg(*data(1500), 3, settings, seed=0)
+    assert len(few.losses) == len(REG_GRID) and few.held_out_rows == 30
+    assert held.shape == (30, 3) and sorted(rows.tolist()) == list(range(30))
+    for choice, n in ((few, 30), (many, 1500)):
+        assert choice.losses[f"{choice.reg:.3g}"] == min(choice.losses.values())
+        assert any(np.isclose(choice.reg * n, lam) for lam in REG_GRID)  # reg = lam / N
+
+
+def test_too_few_images_per_class_fall_back_to_imprinting() -> None:
+    x, y = clustered_features(40, 10, 4, seed=8)
+    keep = np.concatenate([np.flatnonzero(y == c)[:2] for c in range(4)])
+    head = train_backprop(x[keep], y[keep], 4)
+    assert head.fallback and "imprinting" in head.fallback and not head.history
+    expected = cosines(imprint(x[keep], y[keep], 4), x).argmax(1)
+    assert np.array_equal(head.logits(x).argmax(1), expected)
+    lo, hi = head.logit_range
+    assert hi - lo >= 4 * 255 / 256  # sharpened so adjacent 8-bit levels stay apart
 
 
 def test_non_separable_classes_reach_the_bayes_rate() -> None:
@@ -84,25 +138,7 @@ def test_same_seed_same_model_other_seed_other_model() -> None:
     c = train_backprop(x, y, 4, epochs=5, seed=8)
     assert np.array_equal(a.weights, b.weights) and np.array_equal(a.bias, b.bias)
     assert [s.loss for s in a.history] == [s.loss for s in b.history]
-    assert not np.allclose(a.weights, c.weights)
-
-
-def test_keeps_the_epoch_with_the_best_validation_accuracy() -> None:
-    x, y = gaussian_classes(600, 40, separation=1.5, seed=6)
-    head = train_backprop(x, y, 2, epochs=40, learning_rate=0.5, val_ratio=0.3, seed=1)
-    val_accuracy = [s.val_accuracy for s in head.history]
-    best = max(val_accuracy)
-    assert val_accuracy[head.best_epoch - 1] == best
-    assert head.best_epoch == max(i + 1 for i, v in enumerate(val_accuracy) if v == best)
-    assert (head.num_train, head.num_val) == (420, 180)
-
-
-def test_validation_part_is_stratified_and_leaves_training_rows() -> None:
-    labels = np.repeat([0, 1, 2], [50, 10, 1])
-    rows = validation_rows(labels, 0.1, seed=0)
-    assert np.bincount(labels[rows], minlength=3).tolist() == [5, 1, 0]
-    assert validation_rows(labels, 0.0, seed=0).size == 0
-    assert validation_rows(np.array([0, 1]), 0.5, seed=0).size == 0
+    assert not np.array_equal(a.weights, c.weights)  # other shuffles (same start: imprinting)
 
 
 def test_feature_map_folds_into_raw_weights() -> None:
@@ -118,7 +154,7 @@ def test_feature_map_folds_into_raw_weights() -> None:
 def test_diverging_training_says_so() -> None:
     x, y = clustered_features(100, 12, 3, seed=7)
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
-        train_backprop(x, y, 3, epochs=50, learning_rate=10, reg=10, batch_size=10)
+        train_backprop(x, y, 3, epochs=50, learning_rate=1e6, batch_size=10)
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "float32"])
@@ -126,11 +162,8 @@ def test_exported_layer_matches_the_float_head(tmp_path: Path, dtype: str) -> No
     dim, classes = 24, 6
     x, y = clustered_features(400, dim, classes, seed=1)
     head = train_backprop(x[:300], y[:300], classes, epochs=20, seed=0)
-    logits = head.logits(x[:300])
     graph, _ = embedding_graph(dtype, [1, 1, 1, dim])
-    append_softmax_regression_tail(
-        graph, head.weights.T, head.bias, (float(logits.min()), float(logits.max()))
-    )
+    append_softmax_regression_tail(graph, head.weights.T, head.bias, head.logit_range)
     assert graph.op_names()[-2:] == ["FULLY_CONNECTED", "SOFTMAX"]
     inputs = x[300:].astype(np.float32)
     if EMBEDDING_QUANT[dtype] is not None:
@@ -178,7 +211,8 @@ def test_backprop_cli_writes_model_labels_and_report(backprop_run: tuple[Path, d
     assert report["agreement"] >= 0.95
     curve = report["training_curve"]
     assert [e["epoch"] for e in curve] == list(range(1, 31))
-    assert {"loss", "train_accuracy", "val_accuracy", "learning_rate"} <= set(curve[0])
+    assert {"loss", "train_accuracy", "learning_rate"} <= set(curve[0])
+    assert report["head"]["reg"] > 0 and report["head"]["reg_choice"]["folds"] == 3
     assert report["settings"]["epochs"] == 30 and report["settings"]["batch_size"] == 100
     graph = Graph.load(out)
     assert graph.op_names()[-2:] == ["FULLY_CONNECTED", "SOFTMAX"]
@@ -201,7 +235,7 @@ def test_backprop_works_with_int8_and_float_extractors(
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("--epochs", "0"), ("--val-ratio", "1.5"), ("--batch-size", "0"), ("--learning-rate", "0")],
+    [("--epochs", "0"), ("--reg", "-1"), ("--batch-size", "0"), ("--learning-rate", "0")],
 )
 def test_bad_training_settings_exit_2(
     tmp_path: Path, models: dict[str, Path], colors: Path, option: str, value: str
@@ -224,12 +258,12 @@ def test_bench_backprop_prints_its_measurement() -> None:
     assert figures["seconds"] > 0
 
 
-def test_classes_too_small_for_validation_keep_the_last_epoch(
+def test_classes_too_small_to_validate_give_the_imprinting_head(
     tmp_path: Path, models: dict[str, Path]
 ) -> None:
     from tests.builders import make_dataset
 
-    data = make_dataset(tmp_path / "tiny", per_class=3)  # 1 held out, 2 to train, 0 to validate
+    data = make_dataset(tmp_path / "tiny", per_class=3)  # 1 held out, 2 to train
     out = tmp_path / "tiny.tflite"
     result = runner.invoke(
         app, ["backprop", str(data), "-e", str(models["uint8"]), "-o", str(out), "--json",
@@ -237,6 +271,7 @@ def test_classes_too_small_for_validation_keep_the_last_epoch(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["head"]["num_val"] == 0 and report["head"]["best_epoch"] == 20
-    assert "too small for a validation part" in result.stderr
-    assert report["training_curve"][-1]["val_accuracy"] is None
+    assert "imprinting solution" in report["head"]["fallback"]
+    assert "imprinting solution" in result.stderr
+    assert report["training_curve"] == [] and report["agreement"] == 1.0
+    assert Graph.load(out).op_names()[-2:] == ["FULLY_CONNECTED", "SOFTMAX"]

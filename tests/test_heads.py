@@ -61,10 +61,10 @@ def run_head(tmp_path: Path, graph: Graph, inputs: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "float32"])
-@pytest.mark.parametrize("whiten", [True, False])
+@pytest.mark.parametrize("whiten", [1.0, False])  # forced, so the layer is there to test
 @pytest.mark.parametrize("shape", ["4d", "2d"])
 def test_imprinting_tail_matches_float_head(
-    tmp_path: Path, dtype: str, whiten: bool, shape: str
+    tmp_path: Path, dtype: str, whiten: float | bool, shape: str
 ) -> None:
     dim, classes = 24, 6
     x, y = clustered_features(400, dim, classes, seed=1)
@@ -76,7 +76,7 @@ def test_imprinting_tail_matches_float_head(
         head.classes.weights,
         head.scale_factor,
         head.cosine_range,
-        transform=whitening_layer(head, x[train]),
+        transform=whitening_layer(head),
     )
     assert not imprinting_problems(graph)
     assert tail.scores == graph.outputs[0]
@@ -100,14 +100,14 @@ def test_imprinting_tail_matches_float_head(
 
 def test_imprinting_export_is_coral_format_with_uint8_scores() -> None:
     x, y = clustered_features(60, 10, 3, seed=2)
-    head = train_imprinting(x, y, 3, whiten=True)
+    head = train_imprinting(x, y, 3, whiten=1.0)
     graph, _ = embedding_graph("int8", [1, 10])
     append_imprinting_tail(
         graph,
         head.classes.weights,
         head.scale_factor,
         head.cosine_range,
-        transform=whitening_layer(head, x),
+        transform=whitening_layer(head),
     )
     layout = imprinting_layout(graph)
     assert layout is not None

@@ -41,7 +41,7 @@ def test_imprint_at_defaults_beats_coral(flowers_imprint: tuple[Path, dict]) -> 
     }  # fmt: skip
     assert report["num_images"] == 780
     assert report["top_k_accuracy"][0] >= 0.80  # Coral's own pipeline: 0.79
-    assert report["agreement"] >= 0.99
+    assert report["agreement"] >= 0.98  # the floor issue 11 sets for every cap
 
 
 def test_bare_interpreter_gives_the_same_top1_as_classify(
@@ -96,6 +96,7 @@ def test_backprop_at_defaults_beats_coral(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["settings"]["epochs"] == 100 and report["head"]["num_val"] == 100
+    assert report["settings"]["epochs"] == 100 and report["head"]["num_train"] == 1000
+    assert report["head"]["reg_choice"]["held_out_images"] == 1000  # all of them, 3 folds
     assert report["top_k_accuracy"][0] >= 0.89  # Coral-style backprop: 0.87
-    assert report["agreement"] >= 0.99
+    assert report["agreement"] >= 0.98  # the floor issue 11 sets for every cap

@@ -1,43 +1,53 @@
 """Last-layer backprop: softmax regression on embeddings, trained by mini-batch SGD.
 
-The model is logits = z W + b on features z = (x - mean) M, trained on cross-entropy with L2
-regularization. Compared with libcoral's SoftmaxRegression:
+The model is logits = z W + b on features z = (x - mean) M, trained on cross-entropy with an
+L2 penalty reg/2 |W|^2. Compared with libcoral's SoftmaxRegression:
 
-- the penalty enters the gradient (libcoral only adds it to the printed loss);
+- the penalty enters the gradient (libcoral only adds it to the printed loss), and its
+  strength is chosen by cross-validation on the training images (`choose_reg`): the best
+  value runs from about 1 on 5 classes of 150 images to 0.03 on 101 classes, so no fixed
+  default suits both. The grid is in units of 1/N (reg = lam / N), the scaling a Gaussian
+  prior on the weights gives, so a value chosen on part of the images carries over;
 - training runs in epochs, full passes over a reshuffled training set, with momentum and a
-  cosine-decayed learning rate, so the last epochs settle instead of jittering;
-- the weights of the epoch with the best validation accuracy are kept (ties go to the later
-  epoch, which has seen more decay);
+  cosine-decayed learning rate, and keeps the last epoch: picking the best epoch on a small
+  validation part kept noisy early epochs and scored lower on every data set tried;
+- SGD starts from zero weights (where the penalty pulls), and the penalty's step is taken
+  exactly (proximal), so no penalty can make it diverge; with fewer than 3 images in some
+  class nothing can be validated and the imprinting solution (each class's normalized
+  mean direction, as FULLY_CONNECTED weights) is the head (`fallback` in the report);
 - the features are conditioned first. `M` is a gently shrunk within-class whitening (see
   `workbench.whitening`), scaled to unit mean square per dimension, so one learning rate and
-  one `reg` suit extractors whose outputs differ in scale and correlation, and the L2 penalty
-  pulls against directions that vary within classes. `M` is linear, so it is folded into the
-  exported layer: the model still takes raw embeddings and ends FULLY_CONNECTED + SOFTMAX.
-
-On flower_photos with Coral's MobileNet v1 extractor (900 training + 100 validation images)
-the conditioning moves held-out top-1 from about 0.888 (per-dimension standardization) to
-about 0.893, averaged over eight seeds; see the issue notes for the sweep.
+  one penalty scale suit extractors whose outputs differ in scale and correlation. `M` is
+  linear, so it is folded into the exported layer: the model still takes raw embeddings and
+  ends FULLY_CONNECTED + SOFTMAX.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from workbench.calibration import LOGIT_HEADROOM, logit_window, sharpening
+from workbench.crossval import has_own_class, stratified_folds
+from workbench.imprint import imprint, leave_one_out_cosines
+from workbench.imprint_cv import best_temperature
 from workbench.whitening import fit_whitening
 
 DEFAULT_EPOCHS = 100
 DEFAULT_LEARNING_RATE = 0.1
 DEFAULT_BATCH_SIZE = 100
-DEFAULT_REG = 0.3
-DEFAULT_WEIGHT_SCALE = 0.05
-DEFAULT_VAL_RATIO = 0.1
 DEFAULT_MOMENTUM = 0.9
 # Multiple of the mean within-class eigenvalue added before whitening the features.
 FEATURE_SHRINKAGE = 3.0
+# Penalties tried by cross-validation, as lam in reg = lam / N (strong to weak).
+REG_GRID = (3000.0, 1000.0, 300.0, 100.0, 30.0, 10.0, 3.0)
+CV_FOLDS = 3
+CV_ROWS = 2000  # bigger sets are cross-validated on a stratified sample of this size
+MIN_PER_CLASS = 3  # fewer in some class: the imprinting fallback
+DEFAULT_START_SCALE = 10.0  # imprinting fallback's temperature when nothing can be left out
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -96,28 +106,20 @@ class FeatureMap:
 
 
 class SoftmaxRegression:
-    """A linear classifier with a softmax output, trained with mini-batch SGD in numpy."""
+    """A linear classifier with a softmax output and plain SGD steps (pycoral's model)."""
 
     def __init__(
         self,
         feature_dim: int,
         num_classes: int,
-        weight_scale: float = DEFAULT_WEIGHT_SCALE,
-        reg: float = DEFAULT_REG,
+        weight_scale: float = 0.05,
+        reg: float = 0.0,
         seed: int = 0,
     ) -> None:
         rng = np.random.default_rng(seed)
         self.weights = rng.standard_normal((feature_dim, num_classes)) * weight_scale
         self.bias = np.zeros(num_classes)
         self.reg = reg
-
-    @property
-    def feature_dim(self) -> int:
-        return int(self.weights.shape[0])
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.weights.shape[1])
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x, np.float64) @ self.weights + self.bias
@@ -148,95 +150,201 @@ class SoftmaxRegression:
         self.bias -= learning_rate * grad_b
         return loss
 
-    def fit(
-        self,
-        train_x: np.ndarray,
-        train_y: np.ndarray,
-        val_x: np.ndarray | None = None,
-        val_y: np.ndarray | None = None,
-        epochs: int = DEFAULT_EPOCHS,
-        learning_rate: float = DEFAULT_LEARNING_RATE,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        momentum: float = DEFAULT_MOMENTUM,
-        seed: int = 0,
-        on_epoch: Callable[[EpochStats], None] | None = None,
-    ) -> tuple[list[EpochStats], int]:
-        """Train; returns the per-epoch curve and the epoch whose weights were kept.
 
-        With validation data the weights of the best validation accuracy are kept, otherwise
-        those of the last epoch.
-        """
-        x = np.asarray(train_x, np.float64)
-        y = np.asarray(train_y, np.int64)
-        has_val = val_x is not None and val_y is not None and len(val_y) > 0
-        rng = np.random.default_rng(seed)
-        velocity_w = np.zeros_like(self.weights)
-        velocity_b = np.zeros_like(self.bias)
-        history: list[EpochStats] = []
-        best_accuracy, best_epoch = -1.0, epochs
-        best_weights, best_bias = self.weights.copy(), self.bias.copy()
-        for epoch in range(1, epochs + 1):
-            rate = learning_rate * 0.5 * (1.0 + np.cos(np.pi * (epoch - 1) / epochs))
-            order = rng.permutation(len(y))
-            total = 0.0
-            for start in range(0, len(y), batch_size):
-                batch = order[start : start + batch_size]
-                # A diverging run overflows; it is caught once per epoch below.
-                with np.errstate(over="ignore", invalid="ignore"):
-                    loss, grad_w, grad_b = self.loss_and_gradients(x[batch], y[batch])
-                    velocity_w = momentum * velocity_w + grad_w
-                    velocity_b = momentum * velocity_b + grad_b
-                    self.weights -= rate * velocity_w
-                    self.bias -= rate * velocity_b
-                total += loss * len(batch)
-            if not np.all(np.isfinite(self.weights)):
-                raise FloatingPointError(
-                    f"training diverged in epoch {epoch}; lower the learning rate"
-                )
-            stats = EpochStats(
-                epoch=epoch,
-                learning_rate=float(rate),
-                loss=total / len(y),
-                train_accuracy=self.accuracy(x, y),
-                val_accuracy=self.accuracy(val_x, val_y) if has_val else None,
-            )
-            history.append(stats)
-            if stats.val_accuracy is not None and stats.val_accuracy >= best_accuracy:
-                best_accuracy, best_epoch = stats.val_accuracy, epoch
-                best_weights, best_bias = self.weights.copy(), self.bias.copy()
-            if on_epoch is not None:
-                on_epoch(stats)
-        if has_val:
-            self.weights, self.bias = best_weights, best_bias
-        return history, best_epoch
+@dataclass(frozen=True)
+class SgdSettings:
+    """How SGD runs; shared by the cross-validation fits and the final one."""
+
+    epochs: int = DEFAULT_EPOCHS
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    momentum: float = DEFAULT_MOMENTUM
 
 
-def validation_rows(labels: np.ndarray, val_ratio: float, seed: int) -> np.ndarray:
-    """A stratified validation part: round(val_ratio * n) random rows of each class.
+def sgd(
+    z: np.ndarray,
+    labels: np.ndarray,
+    start: tuple[np.ndarray, np.ndarray],
+    regs: np.ndarray,
+    settings: SgdSettings,
+    seed: int,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[EpochStats]]:
+    """Train one model per penalty in `regs` at once, on the same batches; the last epoch.
 
-    A class keeps at least one training row, so small classes may give none to validation.
+    All models see the same shuffles, so each is exactly what a run of its own would give;
+    training them together turns many small matrix products into one. Returns weights
+    [K, D, C], biases [K, C] and (for K = 1) the per-epoch curve.
     """
-    labels = np.asarray(labels)
+    x = np.asarray(z, np.float64)
+    y = np.asarray(labels, np.int64)
+    k = len(regs)
+    dim, num_classes = start[0].shape
+    weights = np.repeat(start[0][None], k, axis=0).transpose(1, 0, 2).reshape(dim, k * num_classes)
+    bias = np.tile(start[1], k)
+    # With momentum b the loss gradient is followed 1/(1-b) times over; the decay matches it.
+    decay = np.repeat(np.asarray(regs, np.float64), num_classes) / (1.0 - settings.momentum)
+    velocity_w, velocity_b = np.zeros_like(weights), np.zeros_like(bias)
     rng = np.random.default_rng(seed)
-    chosen: list[np.ndarray] = []
-    for c in np.unique(labels):
+    batches = max(1, int(np.ceil(len(y) / settings.batch_size)))
+    history: list[EpochStats] = []
+    for epoch in range(1, settings.epochs + 1):
+        rate = settings.learning_rate * 0.5 * (1 + np.cos(np.pi * (epoch - 1) / settings.epochs))
+        total = 0.0
+        # Even batches: a remainder batch of one image would make a noisy last step.
+        for batch in np.array_split(rng.permutation(len(y)), batches):
+            with np.errstate(all="ignore"):  # a diverging run is caught once per epoch
+                logits = (x[batch] @ weights + bias).reshape(len(batch), k, num_classes)
+                logits -= logits.max(axis=2, keepdims=True)
+                probs = np.exp(logits)
+                probs /= probs.sum(axis=2, keepdims=True)
+                picked = probs[np.arange(len(batch)), :, y[batch]]
+                total += -float(np.log(picked[:, 0] + 1e-12).sum())
+                probs[np.arange(len(batch)), :, y[batch]] -= 1.0
+                grad = probs.reshape(len(batch), -1) / len(batch)
+                velocity_w = settings.momentum * velocity_w + x[batch].T @ grad
+                velocity_b = settings.momentum * velocity_b + grad.sum(axis=0)
+                # The penalty's step is taken exactly (a proximal step), which is stable for
+                # any penalty and step size; its fixed point is that of loss + reg/2 |W|^2.
+                weights = (weights - rate * velocity_w) / (1.0 + rate * decay)
+                bias = bias - rate * velocity_b
+        if not np.all(np.isfinite(weights)):
+            raise FloatingPointError(f"training diverged in epoch {epoch}; lower the learning rate")
+        if k == 1:
+            accuracy = float(np.mean((x @ weights + bias).argmax(axis=1) == y))
+            loss = total / len(y) + 0.5 * float(regs[0]) * float(np.sum(weights**2))
+            history.append(EpochStats(epoch, float(rate), loss, accuracy, None))
+            if on_epoch is not None:
+                on_epoch(history[-1])
+    shaped = weights.reshape(dim, k, num_classes).transpose(1, 0, 2)
+    return shaped, bias.reshape(k, num_classes), history
+
+
+def imprinting_start(
+    x: np.ndarray, labels: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Imprinting as a linear layer on raw embeddings: W = tau * unit class directions.
+
+    argmax_c x . w_c is imprinting's top-1 (the norm of x is shared by all classes). tau is
+    the temperature that best predicts each image from the other images of its class.
+    Returns W [D, C], b [C] and those leave-one-out logits (-inf for a class's only image).
+    """
+    classes = imprint(x, labels, num_classes)
+    loo, own = leave_one_out_cosines(classes, x, labels)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    typical = float(np.median(norms))
+    relative = loo * (norms / typical)  # logits of a unit temperature, in cosine units
+    if own.sum() >= 2:
+        finite = np.where(np.isfinite(relative), relative, -1.0)
+        tau = best_temperature(finite[own], labels[own]) / typical
+    else:
+        tau = DEFAULT_START_SCALE / typical
+    weights = tau * classes.weights.T.astype(np.float64)
+    return weights, np.zeros(num_classes), tau * typical * relative
+
+
+def _conditioned(
+    x: np.ndarray, labels: np.ndarray, num_classes: int
+) -> tuple[FeatureMap, tuple[np.ndarray, np.ndarray]]:
+    """The feature map of these images, and SGD's start on its features: all zeros.
+
+    Zero is where the penalty pulls; the imprinting solution as a start looked attractive,
+    but on features with a large shared offset its bias dwarfs the weights, and once the
+    penalty shrinks the weights that bias alone decides (seen: 1 in 6 right on 6 classes).
+    """
+    features = FeatureMap.whiten(x, labels, FEATURE_SHRINKAGE)
+    return features, (np.zeros((x.shape[1], num_classes)), np.zeros(num_classes))
+
+
+@dataclass(frozen=True)
+class RegChoice:
+    """The penalty chosen by cross-validation and each candidate's held-out loss."""
+
+    reg: float
+    losses: dict[str, float]
+    held_out_rows: int
+    folds: int
+
+
+def choose_reg(
+    x: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    settings: SgdSettings,
+    seed: int,
+    lams: tuple[float, ...] = REG_GRID,
+    on_fold: Callable[[int], None] | None = None,
+) -> tuple[RegChoice, np.ndarray, np.ndarray]:
+    """Cross-validate the penalty reg = lam / N: every fold trains the final procedure.
+
+    Big sets are cross-validated on a stratified sample of at most CV_ROWS images. Returns
+    the choice (as reg for all of `x`), the held-out logits at the chosen penalty and the
+    rows they belong to.
+    """
+    rows = _sample_rows(labels, CV_ROWS, seed)
+    cx, cy = x[rows], labels[rows]
+    fold_of = stratified_folds(cy, CV_FOLDS, seed)
+    held = np.full((len(lams), len(cy), num_classes), np.nan)
+    for fold in range(CV_FOLDS):
+        test = fold_of == fold
+        if not test.any() or test.all():
+            continue
+        features, start = _conditioned(cx[~test], cy[~test], num_classes)
+        regs = np.asarray(lams) / int((~test).sum())
+        weights, bias, _ = sgd(features.apply(cx[~test]), cy[~test], start, regs, settings, seed)
+        held[:, test] = features.apply(cx[test])[None] @ weights + bias[:, None]
+        if on_fold is not None:
+            on_fold(fold + 1)
+    own = has_own_class(cy, fold_of)
+    scored = own & np.isfinite(held[0]).all(axis=1)
+    losses = np.array([_cross_entropy(held[j][scored], cy[scored]) for j in range(len(lams))])
+    best = int(np.argmin(losses))
+    choice = RegChoice(
+        reg=float(lams[best]) / len(labels),
+        losses={f"{lam / len(labels):.3g}": float(v) for lam, v in zip(lams, losses, strict=True)},
+        held_out_rows=int(scored.sum()),
+        folds=CV_FOLDS,
+    )
+    return choice, held[best][scored], rows[scored]
+
+
+def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    if not np.isfinite(logits).all():
+        return float("inf")
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=1))
+    return float(np.mean(log_norm - shifted[np.arange(len(labels)), labels]))
+
+
+def _sample_rows(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """All rows, or a stratified random sample of about `limit` of them."""
+    if len(labels) <= limit:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    keep = rng.random(len(labels)) < limit / len(labels)
+    for c in np.unique(labels):  # every class keeps at least 3 images
         rows = np.flatnonzero(labels == c)
-        count = min(int(np.floor(val_ratio * len(rows) + 0.5)), len(rows) - 1)
-        if count > 0:
-            chosen.append(rng.permutation(rows)[:count])
-    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+        keep[rng.permutation(rows)[: min(3, len(rows))]] = True
+    return np.flatnonzero(keep)
 
 
 @dataclass
 class SoftmaxHead:
-    """A trained softmax-regression head on raw embeddings, and how it was trained."""
+    """A trained softmax-regression head on raw embeddings, and how it was trained.
+
+    `logit_range` is the exported layer's 8-bit range, chosen on logits of images held out
+    of cross-validation (left out, for the imprinting fallback).
+    """
 
     weights: np.ndarray  # [D, C], for raw embeddings
     bias: np.ndarray  # [C]
     history: list[EpochStats] = field(default_factory=list)
-    best_epoch: int = 0
+    reg: float | None = None
+    choice: RegChoice | None = None
+    logit_range: tuple[float, float] = (-1.0, 1.0)
+    fallback: str | None = None
     num_train: int = 0
-    num_val: int = 0
+    sharpened_by: float = 1.0
 
     def logits(self, embeddings: np.ndarray) -> np.ndarray:
         return np.asarray(embeddings, np.float64) @ self.weights + self.bias
@@ -244,6 +352,41 @@ class SoftmaxHead:
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         """The float head the exported FULLY_CONNECTED + SOFTMAX approximates."""
         return softmax(self.logits(embeddings))
+
+    def sharpened(self) -> SoftmaxHead:
+        """This head with logits scaled up, if needed, for its 8-bit export to resolve them.
+
+        Scaling logits never changes the top-1; it makes the scores more confident, which
+        the exported 8-bit softmax needs to tell two close classes apart (`sharpening`).
+        """
+        factor = sharpening(self.logit_range, len(self.bias))
+        if factor == 1.0:
+            return self
+        lo, hi = self.logit_range
+        return replace(
+            self, weights=self.weights * factor, bias=self.bias * factor,
+            logit_range=(lo * factor, hi * factor), sharpened_by=factor,
+        )  # fmt: skip
+
+    def summary(self) -> dict[str, Any]:
+        """How the head was trained, for the report."""
+        choice = self.choice
+        return {
+            "embedding_dim": int(self.weights.shape[0]),
+            "num_train": self.num_train,
+            "reg": self.reg,
+            "epochs_run": len(self.history),
+            "fallback": self.fallback,
+            "logit_range": list(self.logit_range),
+            "sharpened_by": self.sharpened_by,
+            "reg_choice": None
+            if choice is None
+            else {
+                "held_out_loss": choice.losses,
+                "held_out_images": choice.held_out_rows,
+                "folds": choice.folds,
+            },
+        }
 
 
 def train_backprop(
@@ -253,43 +396,62 @@ def train_backprop(
     epochs: int = DEFAULT_EPOCHS,
     learning_rate: float = DEFAULT_LEARNING_RATE,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    reg: float = DEFAULT_REG,
-    weight_scale: float = DEFAULT_WEIGHT_SCALE,
-    val_ratio: float = DEFAULT_VAL_RATIO,
+    reg: float | None = None,
     momentum: float = DEFAULT_MOMENTUM,
     seed: int = 0,
-    condition: str = "whiten",
     on_epoch: Callable[[EpochStats], None] | None = None,
+    on_fold: Callable[[int], None] | None = None,
 ) -> SoftmaxHead:
-    """Carve a validation part, condition the features, run SGD, fold back to raw inputs.
+    """Choose the penalty (unless given), condition the features, run SGD, fold back to raw.
 
-    `condition` is "whiten" (default), "standardize" or "none".
+    `reg` None chooses it by cross-validation (a given `reg` is still cross-validated alone,
+    for the held-out logits that set the export range). With fewer than MIN_PER_CLASS images
+    in some class the head is the imprinting solution. `on_fold` and `on_epoch` report
+    progress (a finished cross-validation fold; a finished epoch of the final fit).
     """
     x = np.asarray(embeddings, np.float64)
     y = np.asarray(labels, np.int64)
-    val = validation_rows(y, val_ratio, seed)
-    train = np.setdiff1d(np.arange(len(y)), val)
-    if condition == "whiten":
-        features = FeatureMap.whiten(x[train], y[train], FEATURE_SHRINKAGE)
-    elif condition == "standardize":
-        features = FeatureMap.standardize(x[train])
-    elif condition == "none":
-        features = FeatureMap.identity(x.shape[1])
-    else:
-        raise ValueError(f"unknown conditioning {condition!r}")
+    settings = SgdSettings(epochs, learning_rate, batch_size, momentum)
+    if np.bincount(y, minlength=num_classes).min() < MIN_PER_CLASS:
+        return _imprinting_fallback(x, y, num_classes)
+    lams = REG_GRID if reg is None else (reg * len(y),)
+    choice, held_logits, _ = choose_reg(x, y, num_classes, settings, seed, lams, on_fold)
+    features, start = _conditioned(x, y, num_classes)
     z = features.apply(x)
-    model = SoftmaxRegression(x.shape[1], num_classes, weight_scale, reg, seed)
-    history, best_epoch = model.fit(
-        z[train],
-        y[train],
-        z[val],
-        y[val],
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        momentum=momentum,
-        seed=seed,
-        on_epoch=on_epoch,
-    )
-    weights, bias = features.fold(model.weights, model.bias)
-    return SoftmaxHead(weights, bias, history, best_epoch, len(train), len(val))
+    weights, bias, history = sgd(z, y, start, np.array([choice.reg]), settings, seed, on_epoch)
+    # SGD starts at zero weights, where the loss is log(C); with a sane step it ends below
+    # that, while too large a step leaves the weights bouncing between bad states.
+    start_loss, final_loss = float(np.log(num_classes)), history[-1].loss
+    if not np.isfinite(final_loss) or final_loss > start_loss + 1.0:
+        raise FloatingPointError(
+            f"training diverged: the loss went from {start_loss:.3g} (untrained) to "
+            f"{final_loss:.3g}; lower the learning rate"
+        )
+    raw_w, raw_b = features.fold(weights[0], bias[0])
+    return SoftmaxHead(
+        raw_w,
+        raw_b,
+        history,
+        reg=choice.reg,
+        choice=choice if reg is None else None,
+        logit_range=logit_window(held_logits),
+        num_train=len(y),
+    ).sharpened()
+
+
+def _imprinting_fallback(x: np.ndarray, y: np.ndarray, num_classes: int) -> SoftmaxHead:
+    weights, bias, held = imprinting_start(x, y, num_classes)
+    # The bottom comes from left-out logits (class vectors of one image fewer: a low
+    # estimate of an unseen image's best logit). For the top, the in-sample logits, which
+    # include each image in its own class, are a high one.
+    lo = logit_window(held)[0]
+    in_sample = np.max(x @ weights + bias, axis=1)
+    hi = float(in_sample.max()) + LOGIT_HEADROOM * float(np.ptp(in_sample))
+    return SoftmaxHead(
+        weights,
+        bias,
+        logit_range=(lo, max(hi, lo + 1.0)),
+        fallback=f"fewer than {MIN_PER_CLASS} images in a class: nothing to validate, so the "
+        "head is the imprinting solution (class directions) as FULLY_CONNECTED weights",
+        num_train=len(y),
+    ).sharpened()

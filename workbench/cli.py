@@ -29,6 +29,8 @@ app = typer.Typer(
 )
 
 EXIT_BAD_INPUT = 2
+# The model was written but its 8-bit export disagrees with its float head too often.
+EXIT_POOR_EXPORT = 1
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -126,17 +128,19 @@ def _print_training(result: Any, json_output: bool) -> None:
 
     if json_output:
         emit_json(result.report)
-        return
-    console = stdout()
-    print_report(console, result.report)
-    print_outputs(
-        console,
-        {
-            "model": str(result.model),
-            "labels": str(result.labels),
-            "report": str(result.report_path),
-        },
-    )
+    else:
+        console = stdout()
+        print_report(console, result.report)
+        print_outputs(
+            console,
+            {
+                "model": str(result.model),
+                "labels": str(result.labels),
+                "report": str(result.report_path),
+            },
+        )
+    if result.report.get("agreement_ok") is False:
+        raise typer.Exit(EXIT_POOR_EXPORT)
 
 
 @app.command()
@@ -152,8 +156,8 @@ def imprint(
         bool,
         typer.Option(
             "--whiten/--no-whiten",
-            help="Whiten embeddings with their within-class covariance before imprinting "
-            "(more accurate); --no-whiten gives Coral's plain imprinting head.",
+            help="Whiten embeddings with their within-class covariance when cross-validation "
+            "on the training images shows it helps; --no-whiten: Coral's plain imprinting head.",
         ),
     ] = True,
     base: Annotated[
@@ -220,17 +224,12 @@ def backprop(
         int, typer.Option("--batch-size", help="Embeddings per SGD step.")
     ] = backprop_defaults.DEFAULT_BATCH_SIZE,
     reg: Annotated[
-        float, typer.Option("--reg", help="L2 regularization strength.")
-    ] = backprop_defaults.DEFAULT_REG,
-    weight_scale: Annotated[
-        float, typer.Option("--weight-scale", help="Std of the initial random weights.")
-    ] = backprop_defaults.DEFAULT_WEIGHT_SCALE,
-    val_ratio: Annotated[
-        float,
+        float | None,
         typer.Option(
-            "--val-ratio", help="Share of the training split used to pick the best epoch."
+            "--reg",
+            help="L2 penalty; default: chosen by cross-validation on the training images.",
         ),
-    ] = backprop_defaults.DEFAULT_VAL_RATIO,
+    ] = None,
     output: OutputOpt = None,
     test_ratio: TestRatioOpt = DEFAULT_TEST_RATIO,
     max_per_class: MaxPerClassOpt = DEFAULT_MAX_PER_CLASS,
@@ -252,8 +251,6 @@ def backprop(
         learning_rate=learning_rate,
         batch_size=batch_size,
         reg=reg,
-        weight_scale=weight_scale,
-        val_ratio=val_ratio,
         test_ratio=test_ratio,
         max_per_class=max_per_class,
         seed=seed,
@@ -304,6 +301,62 @@ def evaluate(
         emit_json(report)
     else:
         print_report(stdout(), report)
+
+
+@app.command()
+@handles_bad_input
+def curve(
+    data_dir: DataDirArg,
+    extractor: ExtractorOpt = None,
+    caps: Annotated[
+        str,
+        typer.Option("--caps", help="Images per class to train on, comma-separated."),
+    ] = "1,2,5,10,20,50,100,200",
+    exported_at: Annotated[
+        str,
+        typer.Option(
+            "--exported-at",
+            help="Caps at which the exported 8-bit models are scored too (comma-separated).",
+        ),
+    ] = "1,10,200",
+    test_ratio: TestRatioOpt = DEFAULT_TEST_RATIO,
+    seed: SeedOpt = DEFAULT_SEED,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    device: DeviceOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Learning curve: held-out top-1 of each trainer at 1, 2, 5 ... images per class."""
+    from workbench.curve import learning_curve
+    from workbench.display import ConsoleReporter, curve_table
+
+    result = learning_curve(
+        data_dir,
+        _extractor_or_default(extractor),
+        caps=_int_list(caps, "--caps"),
+        exported_at=_int_list(exported_at, "--exported-at") if exported_at else (),
+        test_ratio=test_ratio,
+        seed=seed,
+        device=device,
+        reporter=ConsoleReporter(stderr()),
+        cache=_cache_choice(cache_dir, no_cache),
+    )
+    if json_output:
+        emit_json(result)
+    else:
+        stdout().print(curve_table(result))
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise WorkbenchError(
+            f"{flag} takes whole numbers separated by commas, got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise WorkbenchError(f"{flag} needs numbers of at least 1, got {text!r}")
+    return values
 
 
 @app.command()

@@ -113,6 +113,28 @@ def confusion_table(report: dict[str, Any]) -> Table:
     return table
 
 
+def curve_table(result: dict[str, Any]) -> Table:
+    """One row per cap: held-out top-1 of each trainer (exported model's in brackets)."""
+    table = Table(
+        title=f"Learning curve: held-out top-1 on {result['held_out_images']} images "
+        "(exported 8-bit model in brackets)"
+    )
+    names = list(result["points"][0]["float_top1"]) if result["points"] else []
+    table.add_column("per class", justify="right")
+    table.add_column("trained on", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    for point in result["points"]:
+        cells = []
+        for name in names:
+            cell = _pct(point["float_top1"][name])
+            if name in point["exported_top1"]:
+                cell += f" ({_pct(point['exported_top1'][name])})"
+            cells.append(cell)
+        table.add_row(str(point["cap"]), str(point["train_images"]), *cells)
+    return table
+
+
 def print_report(console: Console, report: dict[str, Any]) -> None:
     console.print(accuracy_table(report))
     console.print(per_class_table(report))

@@ -11,12 +11,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from workbench.calibration import cosine_window, scale_floor, value_range
+from workbench.imprint_cv import (
+    PLAIN,
+    SHRINKAGES,
+    WhiteningChoice,
+    best_temperature,
+    choose_whitening,
+    cross_validate,
+)
 from workbench.whitening import Whitening, fit_whitening
 
-# Margin around the cosines seen in training when choosing the 8-bit window of the exported
-# model: held-out images come a little closer to or further from the class vectors.
-COSINE_MARGIN = 0.02
-SCALE_FACTOR_GRID = np.geomspace(1.0, 200.0, 64)
+# Scale factor when no held-out image can be scored against its own class (one image per
+# class): about what 2-5 images per class calibrate to, so scores stay modest.
+DEFAULT_SCALE_FACTOR = 10.0
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -109,58 +117,23 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def leave_one_out_cosines(
     classes: ImprintedClasses, embeddings: np.ndarray, labels: np.ndarray
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Cosines as if each training image had not been imprinted into its own class.
 
     Scoring training images against class vectors that contain them is optimistic; removing
-    the image's own contribution (exact, since a class vector is a plain sum) is not.
+    the image's own contribution (exact, since a class vector is a plain sum) is not. The
+    only image of its class has nothing left to compare with: its own class is -inf, and the
+    second array (rows that still had their class) is False for it.
     """
     unit = l2_normalize(embeddings)
     cos = unit @ classes.weights.T.astype(np.float64)
     own_sums = classes.sums[labels]  # [N, D]
     dot = np.einsum("nd,nd->n", unit, own_sums) - 1.0
     norm_sq = np.einsum("nd,nd->n", own_sums, own_sums) - 2.0 * (dot + 1.0) + 1.0
-    alone = norm_sq < 1e-9  # the only image of its class: nothing left to compare with
+    alone = norm_sq < 1e-9
     rows = np.arange(len(labels))
-    cos[rows, labels] = np.where(
-        alone, cos[rows, labels], dot / np.sqrt(np.maximum(norm_sq, 1e-18))
-    )
-    return cos
-
-
-def fit_scale_factor(cos: np.ndarray, labels: np.ndarray) -> float:
-    """The logit scale (softmax temperature) that best predicts the labels: calibrated scores.
-
-    It does not change the top-1 class, only how confident the scores are.
-    """
-    labels = np.asarray(labels)
-    rows = np.arange(len(labels))
-    best, best_loss = float(SCALE_FACTOR_GRID[0]), np.inf
-    for s in SCALE_FACTOR_GRID:
-        logits = s * cos
-        logits -= logits.max(axis=1, keepdims=True)
-        log_p = logits[rows, labels] - np.log(np.exp(logits).sum(axis=1))
-        loss = -float(log_p.mean())
-        if loss < best_loss:
-            best, best_loss = float(s), loss
-    return best
-
-
-def cosine_window(cos: np.ndarray, scale_factor: float) -> tuple[float, float]:
-    """The cosines the exported model resolves with its 256 levels: around each image's top-1.
-
-    Only an image's best class must be told apart from the runner-up, so the levels are spent
-    on the range of best-class cosines (about half the range of all cosines). A class below
-    the window is clipped to its bottom; the bottom sits low enough that even for the training
-    image with the weakest best class, the clipped classes together keep under 1% of the
-    probability: e^(-s * depth) * (C - 1) <= 0.01.
-    """
-    top1 = cos.max(axis=1)
-    num_classes = cos.shape[1]
-    depth = max(COSINE_MARGIN, float(np.log(100.0 * max(num_classes - 1, 1))) / scale_factor)
-    lo = max(-1.0, float(top1.min()) - depth)
-    hi = min(1.0, float(top1.max()) + COSINE_MARGIN)
-    return lo, max(hi, lo + 1e-3)
+    cos[rows, labels] = np.where(alone, -np.inf, dot / np.sqrt(np.maximum(norm_sq, 1e-18)))
+    return cos, ~alone
 
 
 def widened(window: tuple[float, float], other: tuple[float, float] | None) -> tuple[float, float]:
@@ -170,12 +143,18 @@ def widened(window: tuple[float, float], other: tuple[float, float] | None) -> t
 
 @dataclass
 class ImprintingHead:
-    """A trained imprinting head: optional whitening, class state, export calibration."""
+    """A trained imprinting head: optional whitening, class state, export calibration.
+
+    `cosine_range` and `value_range` (the whitening layer's output, when whitened) are the
+    8-bit ranges of the exported layers, set from images held out of cross-validation.
+    """
 
     classes: ImprintedClasses
     scale_factor: float
     cosine_range: tuple[float, float]
     whitening: Whitening | None = None
+    value_range: tuple[float, float] | None = None
+    choice: WhiteningChoice | None = None
 
     def features(self, embeddings: np.ndarray) -> np.ndarray:
         """What the class vectors are compared with: whitened embeddings, or raw ones."""
@@ -185,18 +164,69 @@ class ImprintingHead:
         """The float head: softmax(scale_factor * cos), what the exported model approximates."""
         return softmax(self.scale_factor * cosines(self.classes, self.features(embeddings)))
 
+    def summary(self) -> dict[str, object]:
+        """How the head was made, for the report."""
+        choice = self.choice
+        return {
+            "scale_factor": self.scale_factor,
+            "cosine_range": list(self.cosine_range),
+            "embedding_dim": self.classes.dim,
+            "whitening": None if self.whitening is None else self.whitening.shrinkage,
+            "whitening_choice": None
+            if choice is None
+            else {
+                "held_out_loss": choice.losses,
+                "held_out_images": choice.held_out_rows,
+                "reason": choice.reason,
+            },
+        }
+
+
+def calibrate(
+    cos: np.ndarray, labels: np.ndarray, own_class: np.ndarray, num_classes: int
+) -> tuple[float, tuple[float, float]]:
+    """Scale factor and cosine window from held-out cosines (see `workbench.calibration`)."""
+    scored = own_class & np.isfinite(cos[np.arange(len(labels)), labels])
+    if scored.sum() >= 2:
+        finite = np.where(np.isfinite(cos[scored]), cos[scored], -1.0)
+        scale = best_temperature(finite, labels[scored])
+    else:
+        scale = DEFAULT_SCALE_FACTOR
+    window = cosine_window(cos, labels, scored, scale)
+    return max(scale, scale_floor(window, num_classes)), window
+
 
 def train_imprinting(
     embeddings: np.ndarray,
     labels: np.ndarray,
     num_classes: int,
-    whiten: bool = True,
+    whiten: bool | float = True,
+    seed: int = 0,
 ) -> ImprintingHead:
-    """Imprint the classes (after whitening, by default) and calibrate the exported head."""
-    labels = np.asarray(labels)
-    whitening = fit_whitening(embeddings, labels) if whiten else None
-    features = embeddings if whitening is None else whitening.apply(embeddings)
+    """Imprint the classes and calibrate the exported head on held-out images.
+
+    `whiten` True: cross-validation on the training images decides whether and how strongly
+    to whiten (`workbench.imprint_cv`); False: Coral's plain imprinting; a number: whiten at
+    that shrinkage, no choice made.
+    """
+    x = np.asarray(embeddings, np.float64)
+    labels = np.asarray(labels, np.int64)
+    if whiten is True:
+        candidates: list[float | None] = [PLAIN, *SHRINKAGES]
+    else:
+        candidates = [PLAIN] if whiten is False else [float(whiten)]
+    held_out = cross_validate(x, labels, num_classes, candidates, seed)
+    choice = choose_whitening(held_out, candidates)
+    whitening = None
+    if choice.shrinkage is not PLAIN:
+        whitening = fit_whitening(x, labels, shrinkage=choice.shrinkage, center=False)
+    features = x if whitening is None else whitening.apply(x)
     classes = imprint(features, labels, num_classes)
-    loo = leave_one_out_cosines(classes, features, labels)
-    scale_factor = fit_scale_factor(loo, labels)
-    return ImprintingHead(classes, scale_factor, cosine_window(loo, scale_factor), whitening)
+    scale, window = calibrate(
+        held_out.cosines[choice.shrinkage], held_out.labels, held_out.own_class, num_classes
+    )
+    values = None
+    if whitening is not None:
+        held = held_out.value_range.get(choice.shrinkage)
+        values = value_range((float(features.min()), float(features.max())), held)
+    return ImprintingHead(classes, scale, window, whitening, values, choice)

@@ -43,8 +43,8 @@ from workbench.runtime import LoadedModel, load_model
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import embedding_output
 
-# Headroom around the range of a layer's outputs on the training data, for held-out images.
-OUTPUT_RANGE_MARGIN = 0.1
+# Below this agreement between the exported model and its float head, a run exits 1.
+AGREEMENT_FLOOR = 0.97
 
 
 @dataclass
@@ -69,13 +69,6 @@ class TrainingResult:
     labels: Path
     report_path: Path
     report: dict[str, Any]
-
-
-def padded_range(values: np.ndarray) -> tuple[float, float]:
-    """The span of a layer's outputs on the training data, with headroom for held-out data."""
-    lo, hi = float(np.min(values)), float(np.max(values))
-    margin = OUTPUT_RANGE_MARGIN * (hi - lo)
-    return lo - margin, hi + margin
 
 
 CacheChoice = bool | str | Path
@@ -227,12 +220,30 @@ def finish_training(
         float_top1 = float(np.mean(np.argmax(float_scores, axis=1) == embedded.test_y))
         report.update(evaluation.to_json())
         report["float_top1_accuracy"] = float_top1
+        report["agreement_ok"] = check_agreement(evaluation.agreement, reporter)
         report["timing"]["evaluate_s"] = round(time.perf_counter() - start, 3)
         report["model"] = str(files["model"])
         report["labels"] = str(files["labels"])
         staged.stage(files["report"], (json.dumps(report, indent=2) + "\n").encode())
         staged.commit()
     return TrainingResult(files["model"], files["labels"], files["report"], report)
+
+
+def check_agreement(agreement: float | None, reporter: Reporter) -> bool:
+    """False (with a warning) when the 8-bit model disagrees with its float head too often.
+
+    The exported layers' 8-bit ranges are chosen for unseen images; if held-out images
+    still fall outside them, the model written is worse than the head it was made from.
+    """
+    if agreement is None or agreement >= AGREEMENT_FLOOR:
+        return True
+    reporter.warn(
+        f"the exported 8-bit model gives the float head's top class on only "
+        f"{100 * agreement:.1f}% of held-out images (expected at least "
+        f"{100 * AGREEMENT_FLOOR:.0f}%): its 8-bit ranges do not fit these images; the model "
+        "was written, but check the report before using it"
+    )
+    return False
 
 
 def base_report(
@@ -278,7 +289,7 @@ class TrainingRun:
 def start_training(
     data_dir: str | Path,
     extractor: str | Path | None,
-    output: Path,
+    output: Path | None,
     test_ratio: float,
     max_per_class: int,
     seed: int,
@@ -298,7 +309,8 @@ def start_training(
 
         extractor = bundled_model()
     dataset, data_split = prepare_split(data_dir, test_ratio, max_per_class, seed, reporter)
-    check_writable(output)
+    if output is not None:
+        check_writable(output)
     if extractor_graph is None:
         model = load_model(extractor, device=device)
         graph = Graph.load(extractor)

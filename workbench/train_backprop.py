@@ -5,17 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
 from workbench.backprop import (
+    CV_FOLDS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
     DEFAULT_LEARNING_RATE,
-    DEFAULT_REG,
-    DEFAULT_VAL_RATIO,
-    DEFAULT_WEIGHT_SCALE,
     EpochStats,
-    SoftmaxHead,
     train_backprop,
 )
 from workbench.dataset import DEFAULT_MAX_PER_CLASS, DEFAULT_SEED, DEFAULT_TEST_RATIO
@@ -27,16 +22,10 @@ from workbench.pipeline import (
     base_report,
     default_output,
     finish_training,
-    padded_range,
     start_training,
 )
 from workbench.progress import Reporter
 from workbench.tflite.heads import append_softmax_regression_tail
-
-
-def logit_range(head: SoftmaxHead, train_x: np.ndarray) -> tuple[float, float]:
-    """The span of the head's logits on the training embeddings, with headroom."""
-    return padded_range(head.logits(train_x))
 
 
 def backprop_folder(
@@ -46,9 +35,7 @@ def backprop_folder(
     epochs: int = DEFAULT_EPOCHS,
     learning_rate: float = DEFAULT_LEARNING_RATE,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    reg: float = DEFAULT_REG,
-    weight_scale: float = DEFAULT_WEIGHT_SCALE,
-    val_ratio: float = DEFAULT_VAL_RATIO,
+    reg: float | None = None,
     test_ratio: float = DEFAULT_TEST_RATIO,
     max_per_class: int = DEFAULT_MAX_PER_CLASS,
     seed: int = DEFAULT_SEED,
@@ -58,17 +45,15 @@ def backprop_folder(
 ) -> TrainingResult:
     """Train a softmax-regression last layer with SGD on the folder's embeddings.
 
-    The validation part is carved from the training split (stratified, `val_ratio`); the held-out
-    test split is never seen by training or model selection.
+    `reg` None chooses the penalty by cross-validation on the training split; the held-out
+    test split is never seen by training or by any choice.
     """
     if epochs < 1:
         raise WorkbenchError(f"--epochs must be at least 1, got {epochs}")
     if batch_size < 1:
         raise WorkbenchError(f"--batch-size must be at least 1, got {batch_size}")
-    if not 0.0 <= val_ratio < 1.0:
-        raise WorkbenchError(f"--val-ratio must be in [0, 1), got {val_ratio}")
-    if learning_rate <= 0.0 or reg < 0.0 or weight_scale < 0.0:
-        raise WorkbenchError("--learning-rate must be positive, --reg and --weight-scale >= 0")
+    if not learning_rate > 0.0 or (reg is not None and not reg >= 0.0):
+        raise WorkbenchError("--learning-rate must be positive and --reg at least 0")
     reporter = reporter or Reporter()
     output = Path(output) if output is not None else default_output(data_dir, "backprop")
     run = start_training(
@@ -79,15 +64,13 @@ def backprop_folder(
     classes = list(data_split.classes)
 
     start = time.perf_counter()
-    with reporter.task("training", epochs) as advance:
+    with reporter.task("training", CV_FOLDS + epochs) as advance:
+
+        def on_fold(fold: int) -> None:
+            advance(1, status=f"choosing reg: fold {fold}/{CV_FOLDS}")
 
         def on_epoch(stats: EpochStats) -> None:
-            val = "-" if stats.val_accuracy is None else f"{stats.val_accuracy:.3f}"
-            advance(
-                1,
-                status=f"epoch {stats.epoch}/{epochs} loss {stats.loss:.4f} "
-                f"train {stats.train_accuracy:.3f} val {val}",
-            )
+            advance(1, status=f"loss {stats.loss:.3f} train {stats.train_accuracy:.3f}")
 
         try:
             head = train_backprop(
@@ -98,20 +81,17 @@ def backprop_folder(
                 learning_rate=learning_rate,
                 batch_size=batch_size,
                 reg=reg,
-                weight_scale=weight_scale,
-                val_ratio=val_ratio,
                 seed=seed,
                 on_epoch=on_epoch,
+                on_fold=on_fold,
             )
         except FloatingPointError as e:
             raise WorkbenchError(str(e)) from None
     train_seconds = time.perf_counter() - start
-    if head.num_val == 0 and val_ratio > 0:
-        reporter.warn("classes too small for a validation part; kept the last epoch's weights")
+    if head.fallback:
+        reporter.warn(head.fallback)
 
-    append_softmax_regression_tail(
-        graph, head.weights.T, head.bias, logit_range(head, embedded.train_x)
-    )
+    append_softmax_regression_tail(graph, head.weights.T, head.bias, head.logit_range)
     set_workbench_metadata(
         graph,
         {
@@ -126,8 +106,6 @@ def backprop_folder(
         "learning_rate": learning_rate,
         "batch_size": batch_size,
         "reg": reg,
-        "weight_scale": weight_scale,
-        "val_ratio": val_ratio,
         "test_ratio": test_ratio,
         "max_per_class": max_per_class,
         "seed": seed,
@@ -136,12 +114,7 @@ def backprop_folder(
         "backprop", data_dir, data_split, run.dataset, embedded, settings, run.extractor_info
     )
     report["timing"]["train_s"] = round(train_seconds, 3)
-    report["head"] = {
-        "embedding_dim": int(head.weights.shape[0]),
-        "num_train": head.num_train,
-        "num_val": head.num_val,
-        "best_epoch": head.best_epoch,
-    }
+    report["head"] = head.summary()
     report["training_curve"] = [stats.to_json() for stats in head.history]
     return finish_training(
         graph,

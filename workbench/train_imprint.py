@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench.calibration import value_range
 from workbench.coral_format import imprinting_layout, read_imprinting_model, training_state_text
 from workbench.dataset import DEFAULT_MAX_PER_CLASS, DEFAULT_SEED, DEFAULT_TEST_RATIO
 from workbench.errors import WorkbenchError
@@ -18,9 +19,9 @@ from workbench.export import (
     workbench_metadata,
 )
 from workbench.imprint import (
+    ImprintedClasses,
     ImprintingHead,
-    cosine_window,
-    fit_scale_factor,
+    calibrate,
     imprint,
     l2_normalize,
     leave_one_out_cosines,
@@ -33,7 +34,6 @@ from workbench.pipeline import (
     base_report,
     default_output,
     finish_training,
-    padded_range,
     start_training,
 )
 from workbench.progress import Reporter
@@ -41,7 +41,7 @@ from workbench.surgery import cut_at
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import Transform, append_imprinting_tail
 from workbench.tflite.quant import representable
-from workbench.whitening import Whitening, fit_whitening
+from workbench.whitening import Whitening
 
 # Metadata entry holding the whitening's statistics, so a model can be extended later.
 WHITENING_METADATA = "workbench_whitening"
@@ -54,7 +54,7 @@ def imprint_folder(
     test_ratio: float = DEFAULT_TEST_RATIO,
     max_per_class: int = DEFAULT_MAX_PER_CLASS,
     seed: int = DEFAULT_SEED,
-    whiten: bool = True,
+    whiten: bool | float = True,
     device: str | None = None,
     reporter: Reporter | None = None,
     cache: CacheChoice = True,
@@ -85,7 +85,7 @@ def imprint_folder(
 
     start = time.perf_counter()
     head: ImprintingHead = train_imprinting(
-        embedded.train_x, embedded.train_y, len(data_split.classes), whiten=whiten
+        embedded.train_x, embedded.train_y, len(data_split.classes), whiten=whiten, seed=seed
     )
     train_seconds = time.perf_counter() - start
     tail = append_imprinting_tail(
@@ -93,7 +93,7 @@ def imprint_folder(
         head.classes.weights,
         head.scale_factor,
         head.cosine_range,
-        transform=whitening_layer(head, embedded.train_x),
+        transform=whitening_layer(head),
     )
     info = run.extractor_info
     graph.set_description(training_state_text(head.classes.norms, head.classes.trainable))
@@ -117,11 +117,7 @@ def imprint_folder(
     }
     report = base_report("imprint", data_dir, data_split, dataset, embedded, settings, info)
     report["timing"]["train_s"] = round(train_seconds, 3)
-    report["head"] = {
-        "scale_factor": head.scale_factor,
-        "cosine_range": list(head.cosine_range),
-        "embedding_dim": head.classes.dim,
-    }
+    report["head"] = head.summary()
     return finish_training(
         graph,
         output,
@@ -135,16 +131,15 @@ def imprint_folder(
 
 
 def whitening_layer(
-    head: ImprintingHead, train_x: np.ndarray, also: tuple[float, float] | None = None
+    head: ImprintingHead, also: tuple[float, float] | None = None
 ) -> Transform | None:
-    """The whitening as an exported layer, its output range taken from the training data.
+    """The whitening as an exported layer, over the head's held-out value range.
 
     `also` widens the range to cover another one (a base model's, whose images are not here).
     """
-    if head.whitening is None:
+    if head.whitening is None or head.value_range is None:
         return None
-    z = head.whitening.apply(train_x)
-    return Transform(head.whitening.matrix, head.whitening.bias, widened(padded_range(z), also))
+    return Transform(head.whitening.matrix, head.whitening.bias, widened(head.value_range, also))
 
 
 def imprint_onto_base(
@@ -205,40 +200,32 @@ def imprint_onto_base(
     train_y = to_merged[embedded.train_y]
 
     start = time.perf_counter()
-    whitening = None
-    if rewhiten:
-        assert old_whitening is not None
-        if state is not None:
-            whitening = old_whitening.pooled_with(embedded.train_x, embedded.train_y)
-            carried = l2_normalize(old_whitening.carry(state.sums, whitening))
-            state = replace(state, sums=carried * state.norms[:, None])
-        else:
-            whitening = fit_whitening(embedded.train_x, embedded.train_y)
-    features = embedded.train_x if whitening is None else whitening.apply(embedded.train_x)
-    classes = imprint(features, train_y, len(merged), base=state)
-    loo = leave_one_out_cosines(classes, features, train_y)
-    scale_factor = fit_scale_factor(loo, train_y)
-    window = cosine_window(loo, scale_factor)
-    if keep_classes:  # the base's images are not here: keep the cosines its window resolved
-        window = widened(window, base_model.cosine_range)
-    head = ImprintingHead(classes, scale_factor, window, whitening)
+    if state is None:  # a fresh head on the base's extractor
+        head = train_imprinting(embedded.train_x, train_y, len(merged), whiten=rewhiten, seed=seed)
+    else:
+        head = continue_imprinting(
+            embedded.train_x, embedded.train_y, train_y, merged, state, old_whitening, rewhiten
+        )
+        head.cosine_range = widened(head.cosine_range, base_model.cosine_range)
     train_seconds = time.perf_counter() - start
 
     graph = extractor
-    if rewhiten:
+    classes = head.classes
+    if rewhiten and head.whitening is not None:
         layout = imprinting_layout(base_graph)
         assert layout is not None
         old_whitened = int(base_graph.operators[layout.l2norm_op].inputs[0])
-        old_range = _layer_range(base_graph, old_whitened)
-        transform = whitening_layer(head, embedded.train_x, also=old_range)
+        old_range = _layer_range(base_graph, old_whitened) if state is not None else None
         tail = append_imprinting_tail(
-            graph, classes.weights, scale_factor, head.cosine_range, transform=transform
-        )
-        assert whitening is not None
-        graph.set_metadata(WHITENING_METADATA, whitening.to_bytes())
+            graph, classes.weights, head.scale_factor, head.cosine_range,
+            transform=whitening_layer(head, also=old_range),
+        )  # fmt: skip
+        graph.set_metadata(WHITENING_METADATA, head.whitening.to_bytes())
+    elif rewhiten:  # the fresh head chose not to whiten: plain imprinting on raw embeddings
+        tail = append_imprinting_tail(graph, classes.weights, head.scale_factor, head.cosine_range)
     else:
         tail = append_imprinting_tail(
-            graph, classes.weights, scale_factor, head.cosine_range,
+            graph, classes.weights, head.scale_factor, head.cosine_range,
             embedding=base_model.embedding,
         )  # fmt: skip
     graph.set_description(training_state_text(classes.norms, classes.trainable))
@@ -267,15 +254,44 @@ def imprint_onto_base(
     report["timing"]["train_s"] = round(train_seconds, 3)
     report["extracted_images"] = len(embedded.train_y) + len(embedded.test_y)
     report["base_classes"] = known if keep_classes else []
-    report["head"] = {
-        "scale_factor": head.scale_factor,
-        "cosine_range": list(head.cosine_range),
-        "embedding_dim": classes.dim,
-    }
+    report["head"] = head.summary()
     evaluated = replace(embedded, test_y=to_merged[embedded.test_y])
     return finish_training(
         graph, output, merged, evaluated, head.scores(embedded.test_x), report, device, reporter
     )
+
+
+def continue_imprinting(
+    train_x: np.ndarray,
+    folder_y: np.ndarray,
+    train_y: np.ndarray,
+    merged: list[str],
+    state: ImprintedClasses,
+    old_whitening: Whitening | None,
+    rewhiten: bool,
+) -> ImprintingHead:
+    """Imprint new images onto a base's classes (kept), calibrated by leave-one-out.
+
+    With the base's whitening statistics the whitening is refitted on old and new images
+    pooled, and the base's class vectors are carried into the new whitened space. The base's
+    images are not here, so the held-out statistics are the new images' leave-one-out
+    cosines: exact for the class sums; the pooled whitening includes them, a small optimism
+    when the base brought many images.
+    """
+    whitening = None
+    if rewhiten:
+        assert old_whitening is not None
+        whitening = old_whitening.pooled_with(train_x, folder_y)
+        carried = l2_normalize(old_whitening.carry(state.sums, whitening))
+        state = replace(state, sums=carried * state.norms[:, None])
+    features = train_x if whitening is None else whitening.apply(train_x)
+    classes = imprint(features, train_y, len(merged), base=state)
+    loo, own = leave_one_out_cosines(classes, features, train_y)
+    scale, window = calibrate(loo, train_y, own, len(merged))
+    values = None
+    if whitening is not None:
+        values = value_range((float(features.min()), float(features.max())), None)
+    return ImprintingHead(classes, scale, window, whitening, values)
 
 
 def _layer_range(graph: Graph, tensor: int) -> tuple[float, float] | None:

@@ -12,10 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench.calibration import cosine_window, scale_floor
 from workbench.coral_format import read_imprinting_model, training_state_text
 from workbench.errors import WorkbenchError
 from workbench.export import set_workbench_metadata
-from workbench.imprint import ImprintedClasses, cosine_window, cosines, l2_normalize, widened
+from workbench.imprint import (
+    ImprintedClasses,
+    l2_normalize,
+    leave_one_out_cosines,
+    widened,
+)
 from workbench.surgery import copy_graph
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import append_imprinting_tail
@@ -93,16 +99,20 @@ class ImprintingEngine:
         if self.num_classes == 0:
             raise RuntimeError("no class has been trained: call train() before serialize_model()")
         classes = self._classes
+        scale = self._scale_factor
         if self._trained:
-            seen = cosines(classes, np.stack([u for u, _ in self._trained]))
+            # Held-out statistics: each image's cosines with itself taken out of its class.
+            units = np.stack([u for u, _ in self._trained])
+            ids = np.array([c for _, c in self._trained], np.int64)
+            loo, own = leave_one_out_cosines(classes, units, ids)
+            window = cosine_window(loo, ids, own, scale)
             # keep resolving the base images' cosines too
-            window = widened(cosine_window(seen, self._scale_factor), self._base_window)
+            window = widened(window, self._base_window)
+            scale = max(scale, scale_floor(window, classes.num_classes))
         else:
             window = self._base_window or (-1.0, 1.0)
         graph = copy_graph(self._extractor)
-        append_imprinting_tail(
-            graph, classes.weights, self._scale_factor, window, embedding=self._embedding
-        )
+        append_imprinting_tail(graph, classes.weights, scale, window, embedding=self._embedding)
         graph.set_description(training_state_text(classes.norms, classes.trainable))
         set_workbench_metadata(graph, {"trainer": "imprint", "api": "pycoral"})
         return graph.to_bytes()

@@ -271,9 +271,14 @@ def append_softmax_regression_tail(
     uint8 extractors get asymmetric uint8 weights (range including 0), as Coral writes them;
     int8 extractors symmetric int8 weights (TFLite's int8 kernels require zero point 0). The
     bias is int32 with scale = input scale x weight scale; the logits are quantized over
-    `logit_range`, the range seen on the training data.
+    `logit_range` (chosen on held-out images, see `workbench.calibration.logit_window`),
+    shifted by a bias of -lo to [0, hi - lo] as the imprinting window is: an 8-bit range must
+    include 0, and the softmax ignores a shift shared by all classes.
     """
     weights = np.asarray(weights, np.float32)
+    lo, hi = logit_range
+    if graph.dtype(embedding_output(graph)[0]) != FLOAT:
+        bias, logit_range = np.asarray(bias) - lo, (0.0, hi - lo)
     bias = np.asarray(bias, np.float32)
     num_classes, dim = weights.shape
     source, width = embedding_output(graph)

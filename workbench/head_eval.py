@@ -1,0 +1,63 @@
+"""Run an exported model's head alone on extractor outputs already computed.
+
+A retrained model is the extractor, unchanged, plus the layers workbench appended. Cut at the
+extractor's output tensor, the appended part is a small model of its own: same tensors, same
+quantization, same constants, so on the extractor's raw (quantized) outputs it computes
+exactly what the whole model computes on the images, without decoding or running the
+extractor again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from workbench.errors import WorkbenchError
+from workbench.runtime import LoadedModel, TensorSpec, load_model
+from workbench.surgery import copy_graph
+from workbench.tflite.graph import Graph
+
+
+def head_graph(graph: Graph, embedding_tensor: int) -> Graph:
+    """The operators after `embedding_tensor`, as a model whose input is that tensor."""
+    head = copy_graph(graph)
+    producer = head.producer(embedding_tensor)
+    if producer is None:
+        raise WorkbenchError("the embedding tensor is not produced by the extractor")
+    head.subgraph.operators = head.operators[producer + 1 :]
+    if not head.operators:
+        raise WorkbenchError("the model has no layers after its embedding tensor")
+    head.set_inputs([embedding_tensor])
+    head.model.signatureDefs = None
+    head.prune()
+    return head
+
+
+def load_head(graph: Graph, embedding_tensor: int, name: str | Path = "head") -> LoadedModel:
+    """The head as a single-threaded interpreter (it is tiny; threads only add overhead)."""
+    data = head_graph(graph, embedding_tensor).to_bytes()
+    return load_model(Path(name), num_threads=1, content=data)
+
+
+def quantize_outputs(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Stored (dequantized float32) extractor outputs back to the tensor's raw integers.
+
+    The store holds (q - zero_point) * scale computed in float32; dividing back and rounding
+    recovers q exactly for every 8-bit value.
+    """
+    values = np.asarray(values)
+    if not spec.quantized:
+        return values.astype(spec.dtype)
+    q = np.round(values.astype(np.float64) / spec.scale) + spec.zero_point
+    info = np.iinfo(spec.dtype)
+    return np.clip(q, info.min, info.max).astype(spec.dtype)
+
+
+def run_head(head: LoadedModel, embeddings: np.ndarray) -> np.ndarray:
+    """The head's raw output for each row of stored extractor outputs: [N, C]."""
+    raw = quantize_outputs(embeddings, head.input)
+    shape = head.input.shape
+    outputs = [head.run(row.reshape(shape)).reshape(-1).copy() for row in raw]
+    width = int(np.prod(head.output.shape[1:]))
+    return np.stack(outputs) if outputs else np.zeros((0, width), head.output.dtype)

@@ -1,0 +1,195 @@
+"""Cross-validation for imprinting: whether and how strongly to whiten, measured on unseen images.
+
+Each candidate (no whitening, or whitening at one of `SHRINKAGES`) is fitted on the training
+images outside a fold, whitening included, and scores the images inside it. The held-out
+cosines choose the candidate and, for the one chosen, set the exported head's temperature and
+8-bit windows: statistics of images the candidate did not see, never of its own training
+images (whose cosines to their own class are inflated, to 1.0 with one image per class).
+
+A candidate is scored by its held-out cross-entropy at its best temperature: smoother than
+accuracy, so a few hundred images tell candidates apart. Whitening is chosen only when it
+beats no whitening by more than twice the standard error of the paired difference; with a
+handful of images the difference is noise and the plain head stays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from workbench.crossval import DEFAULT_FOLDS, has_own_class, stratified_folds
+from workbench.whitening import within_class_basis
+
+SHRINKAGES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+PLAIN = None  # the candidate without whitening
+# Repeats of the fold split: more held-out scores for small sets, where they are cheap.
+SMALL_SET = 1000
+# Held-out rows per fold whose whitened values are kept, for the whitening layer's range.
+RANGE_SAMPLE = 64
+TEMPERATURES = np.geomspace(1.0, 300.0, 64)
+Candidate = float | None
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def cross_entropy_rows(cos: np.ndarray, labels: np.ndarray, temperature: float) -> np.ndarray:
+    logits = temperature * cos
+    logits = logits - logits.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(logits).sum(axis=1))
+    return log_norm - logits[np.arange(len(labels)), labels]
+
+
+def best_temperature(cos: np.ndarray, labels: np.ndarray) -> float:
+    """The softmax temperature (imprinting's scale factor) with the lowest cross-entropy."""
+    losses = [cross_entropy_rows(cos, labels, t).mean() for t in TEMPERATURES]
+    return float(TEMPERATURES[int(np.argmin(losses))])
+
+
+@dataclass
+class HeldOutScores:
+    """Cosines of held-out images to the classes of candidates fitted without them.
+
+    `cosines[candidate]` is [rows, C]; a class with no image outside a row's fold is -inf.
+    Rows repeat over the repeated fold splits. `value_range[candidate]` is the span of the
+    whitened values of a sample of held-out rows (what the whitening layer must hold).
+    """
+
+    labels: np.ndarray
+    own_class: np.ndarray  # rows whose class had training images in the other folds
+    cosines: dict[Candidate, np.ndarray]
+    value_range: dict[Candidate, tuple[float, float]] = field(default_factory=dict)
+
+    def losses(self, candidate: Candidate) -> np.ndarray:
+        """Per-row cross-entropy of the rows with their own class, at the best temperature."""
+        cos = np.where(np.isfinite(self.cosines[candidate]), self.cosines[candidate], -1.0)
+        cos, labels = cos[self.own_class], self.labels[self.own_class]
+        return cross_entropy_rows(cos, labels, best_temperature(cos, labels))
+
+
+def _class_sums(z_unit: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    sums = np.zeros((num_classes, z_unit.shape[1]))
+    np.add.at(sums, labels, z_unit)
+    return sums
+
+
+def _fold_cosines(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    num_classes: int,
+    candidates: list[Candidate],
+    sample: np.ndarray,
+) -> tuple[dict[Candidate, np.ndarray], dict[Candidate, tuple[float, float]]]:
+    """Held-out cosines of every candidate fitted on one fold's training part.
+
+    Whitened vectors are handled in the basis of the within-class scatter: along its axes a
+    whitening is a per-axis gain, and the rest of each vector is left as it is. The cosines
+    are those of the whitened vectors, without forming them.
+    """
+    basis = within_class_basis(x_train, y_train)
+    along_tr, rest_sq_tr = basis.coordinates(x_train)
+    along_te, rest_sq_te = basis.coordinates(x_test)
+    rest_tr = x_train - along_tr @ basis.vectors.T
+    rest_te = x_test - along_te @ basis.vectors.T
+    absent = np.bincount(y_train, minlength=num_classes) == 0
+    cosines: dict[Candidate, np.ndarray] = {}
+    ranges: dict[Candidate, tuple[float, float]] = {}
+    for candidate in candidates:
+        if candidate is PLAIN:
+            sums = _class_sums(unit_rows(x_train), y_train, num_classes)
+            cos = unit_rows(x_test) @ unit_rows(sums).T
+        else:
+            gain = basis.factors(candidate)
+            norm_tr = np.sqrt(np.einsum("nr,nr->n", along_tr * gain, along_tr * gain) + rest_sq_tr)
+            norm_te = np.sqrt(np.einsum("nr,nr->n", along_te * gain, along_te * gain) + rest_sq_te)
+            weight = 1.0 / np.maximum(norm_tr, 1e-12)
+            sums_along = _class_sums((along_tr * gain) * weight[:, None], y_train, num_classes)
+            sums_rest = _class_sums(rest_tr * weight[:, None], y_train, num_classes)
+            sums_norm = np.sqrt(
+                np.einsum("cr,cr->c", sums_along, sums_along)
+                + np.einsum("cd,cd->c", sums_rest, sums_rest)
+            )
+            dots = (along_te * gain) @ sums_along.T + rest_te @ sums_rest.T
+            cos = dots / np.maximum(norm_te, 1e-12)[:, None] / np.maximum(sums_norm, 1e-12)
+            if len(sample):
+                z = x_test[sample] + (along_te[sample] * (gain - 1.0)) @ basis.vectors.T
+                ranges[candidate] = (float(z.min()), float(z.max()))
+        cos[:, absent] = -np.inf
+        cosines[candidate] = cos
+    return cosines, ranges
+
+
+def cross_validate(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    candidates: list[Candidate],
+    seed: int = 0,
+    folds: int = DEFAULT_FOLDS,
+) -> HeldOutScores:
+    """Held-out cosines of every candidate, over `folds` folds (repeated for small sets)."""
+    x = np.asarray(embeddings, np.float64)
+    y = np.asarray(labels, np.int64)
+    repeats = 2 if len(y) < SMALL_SET else 1
+    all_cos: dict[Candidate, list[np.ndarray]] = {c: [] for c in candidates}
+    lows: dict[Candidate, float] = {}
+    highs: dict[Candidate, float] = {}
+    own: list[np.ndarray] = []
+    rng = np.random.default_rng(seed)
+    for repeat in range(repeats):
+        fold_of = stratified_folds(y, folds, seed * 1009 + repeat)
+        own.append(has_own_class(y, fold_of))
+        per_candidate = {c: np.full((len(y), num_classes), -np.inf) for c in candidates}
+        for fold in range(folds):
+            test = fold_of == fold
+            if not test.any() or test.all():
+                continue
+            sample = rng.permutation(int(test.sum()))[:RANGE_SAMPLE]
+            cos, ranges = _fold_cosines(
+                x[~test], y[~test], x[test], num_classes, candidates, sample
+            )
+            for c in candidates:
+                per_candidate[c][test] = cos[c]
+            for c, (lo, hi) in ranges.items():
+                lows[c] = min(lows.get(c, lo), lo)
+                highs[c] = max(highs.get(c, hi), hi)
+        for c in candidates:
+            all_cos[c].append(per_candidate[c])
+    return HeldOutScores(
+        labels=np.tile(y, repeats),
+        own_class=np.concatenate(own),
+        cosines={c: np.concatenate(v) for c, v in all_cos.items()},
+        value_range={c: (lows[c], highs[c]) for c in lows},
+    )
+
+
+@dataclass(frozen=True)
+class WhiteningChoice:
+    """The candidate chosen, and each candidate's mean held-out cross-entropy."""
+
+    shrinkage: Candidate
+    losses: dict[str, float]
+    held_out_rows: int
+    reason: str
+
+
+def choose_whitening(scores: HeldOutScores, candidates: list[Candidate]) -> WhiteningChoice:
+    """The whitening with the lowest held-out loss, if it clearly beats no whitening."""
+    rows = int(scores.own_class.sum())
+    if len(candidates) == 1:
+        only = candidates[0]
+        return WhiteningChoice(only, {}, rows, "as asked")
+    if rows < 2:
+        return WhiteningChoice(PLAIN, {}, rows, "no held-out image had its class in training")
+    losses = {c: scores.losses(c) for c in candidates}
+    table = {("none" if c is PLAIN else f"{c:g}"): float(v.mean()) for c, v in losses.items()}
+    whitened = [c for c in candidates if c is not PLAIN]
+    best = min(whitened, key=lambda c: (losses[c].mean(), -float(c)))  # ties: gentler
+    gain = losses[PLAIN] - losses[best]
+    noise = 2.0 * gain.std(ddof=1) / np.sqrt(len(gain))
+    if gain.mean() > noise:
+        return WhiteningChoice(best, table, rows, f"held-out loss {gain.mean():.3f} lower")
+    return WhiteningChoice(PLAIN, table, rows, "whitening did not clearly help held-out images")
