@@ -14,16 +14,15 @@ from tests.test_heads import EMBEDDING_QUANT, clustered_features, embedding_grap
 from workbench.backprop import (
     REG_GRID,
     FeatureMap,
-    SgdSettings,
     SoftmaxRegression,
     choose_reg,
-    imprinting_start,
     sgd,
-    train_backprop,
 )
 from workbench.cli import app
 from workbench.export import workbench_metadata
 from workbench.imprint import cosines, imprint
+from workbench.options import BackpropOptions
+from workbench.softmax_head import SoftmaxHead, imprinting_start
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import append_softmax_regression_tail
 
@@ -62,7 +61,7 @@ def test_gradient_matches_finite_differences() -> None:
 
 def test_learns_separable_classes_perfectly() -> None:
     x, y = clustered_features(600, 32, 8, seed=3)
-    head = train_backprop(x[:400], y[:400], 8, epochs=30, seed=0)
+    head = SoftmaxHead.fit(x[:400], y[:400], 8, BackpropOptions(epochs=30), seed=0)
     assert np.mean(head.logits(x[400:]).argmax(1) == y[400:]) == 1.0
     losses = [s.loss for s in head.history]
     assert len(losses) == 30 and losses[-1] < losses[0]
@@ -71,7 +70,7 @@ def test_learns_separable_classes_perfectly() -> None:
 def test_training_several_penalties_at_once_equals_training_each_alone() -> None:
     x, y = clustered_features(150, 12, 3, seed=4)
     start = (np.zeros((12, 3)), np.zeros(3))
-    settings = SgdSettings(epochs=5, batch_size=40)
+    settings = BackpropOptions(epochs=5, batch_size=40)
     together, bias, _ = sgd(x, y, start, np.array([0.1, 0.001]), settings, seed=2)
     for k, reg in enumerate([0.1, 0.001]):
         alone, alone_bias, history = sgd(x, y, start, np.array([reg]), settings, seed=2)
@@ -97,7 +96,7 @@ def test_penalty_is_the_one_with_the_lowest_held_out_loss() -> None:
         x[:, :3] += 1.5 * np.eye(3)[y]
         return x, y
 
-    settings = SgdSettings(epochs=30)
+    settings = BackpropOptions(epochs=30)
     few, held, rows = choose_reg(*data(30), 3, settings, seed=0)
     many, _, _ = choose_reg(*data(1500), 3, settings, seed=0)
     assert len(few.losses) == len(REG_GRID) and few.held_out_rows == 30
@@ -110,7 +109,7 @@ def test_penalty_is_the_one_with_the_lowest_held_out_loss() -> None:
 def test_too_few_images_per_class_fall_back_to_imprinting() -> None:
     x, y = clustered_features(40, 10, 4, seed=8)
     keep = np.concatenate([np.flatnonzero(y == c)[:2] for c in range(4)])
-    head = train_backprop(x[keep], y[keep], 4)
+    head = SoftmaxHead.fit(x[keep], y[keep], 4)
     assert head.fallback and "imprinting" in head.fallback and not head.history
     expected = cosines(imprint(x[keep], y[keep], 4), x).argmax(1)
     assert np.array_equal(head.logits(x).argmax(1), expected)
@@ -123,7 +122,7 @@ def test_non_separable_classes_reach_the_bayes_rate() -> None:
     # learned nothing gets 0.5, a wrong-signed gradient less.
     bayes = 0.5 * (1 + erf(1 / sqrt(2)))
     x, y = gaussian_classes(4000, 20, separation=2.0, seed=4)
-    head = train_backprop(x[:2000], y[:2000], 2, seed=0)
+    head = SoftmaxHead.fit(x[:2000], y[:2000], 2, seed=0)
     accuracy = np.mean(head.logits(x[2000:]).argmax(1) == y[2000:])
     assert bayes - 0.03 <= accuracy <= bayes + 0.02
     # The 19 noise dimensions must end up with little weight next to the informative one.
@@ -133,9 +132,9 @@ def test_non_separable_classes_reach_the_bayes_rate() -> None:
 
 def test_same_seed_same_model_other_seed_other_model() -> None:
     x, y = clustered_features(300, 16, 4, seed=5)
-    a = train_backprop(x, y, 4, epochs=5, seed=7)
-    b = train_backprop(x, y, 4, epochs=5, seed=7)
-    c = train_backprop(x, y, 4, epochs=5, seed=8)
+    a = SoftmaxHead.fit(x, y, 4, BackpropOptions(epochs=5), seed=7)
+    b = SoftmaxHead.fit(x, y, 4, BackpropOptions(epochs=5), seed=7)
+    c = SoftmaxHead.fit(x, y, 4, BackpropOptions(epochs=5), seed=8)
     assert np.array_equal(a.weights, b.weights) and np.array_equal(a.bias, b.bias)
     assert [s.loss for s in a.history] == [s.loss for s in b.history]
     assert not np.array_equal(a.weights, c.weights)  # other shuffles (same start: imprinting)
@@ -154,14 +153,14 @@ def test_feature_map_folds_into_raw_weights() -> None:
 def test_diverging_training_says_so() -> None:
     x, y = clustered_features(100, 12, 3, seed=7)
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
-        train_backprop(x, y, 3, epochs=50, learning_rate=1e6, batch_size=10)
+        SoftmaxHead.fit(x, y, 3, BackpropOptions(epochs=50, learning_rate=1e6, batch_size=10))
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "float32"])
 def test_exported_layer_matches_the_float_head(tmp_path: Path, dtype: str) -> None:
     dim, classes = 24, 6
     x, y = clustered_features(400, dim, classes, seed=1)
-    head = train_backprop(x[:300], y[:300], classes, epochs=20, seed=0)
+    head = SoftmaxHead.fit(x[:300], y[:300], classes, BackpropOptions(epochs=20), seed=0)
     graph, _ = embedding_graph(dtype, [1, 1, 1, dim])
     append_softmax_regression_tail(graph, head.weights.T, head.bias, head.logit_range)
     assert graph.op_names()[-2:] == ["FULLY_CONNECTED", "SOFTMAX"]

@@ -62,7 +62,7 @@ def trained(
 
 def test_imprint_writes_model_labels_and_report(trained: Path, colors: Path) -> None:
     files = sorted(p.name for p in trained.parent.iterdir())
-    assert files == ["colors.report.json", "colors.tflite", "colors.txt"]  # no temp files left
+    assert files == ["colors.report.html", "colors.report.json", "colors.tflite", "colors.txt"]
     assert trained.with_suffix(".txt").read_text() == "0 blue\n1 green\n2 red\n"
     report = json.loads(trained.with_name("colors.report.json").read_text())
     assert set(report) >= REPORT_KEYS
@@ -276,10 +276,10 @@ def test_failed_run_leaves_previous_outputs_untouched(
 def test_python_api_runs_without_the_cli(
     tmp_path: Path, models: dict[str, Path], colors: Path
 ) -> None:
-    from workbench.train_imprint import imprint_folder
+    from workbench import api
 
-    result = imprint_folder(colors, models["float32"], output=tmp_path / "api.tflite")
-    assert result.model.exists() and result.report["top_k_accuracy"][0] == 1.0
+    result = api.imprint(colors, extractor=models["float32"], output=tmp_path / "api.tflite")
+    assert result.model.exists() and result.report.top1 == 1.0
 
 
 def test_help_lists_the_commands() -> None:

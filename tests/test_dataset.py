@@ -7,6 +7,7 @@ import pytest
 
 from workbench.dataset import held_out_count, load_split, scan, split
 from workbench.errors import WorkbenchError
+from workbench.options import DataOptions, OptionError
 
 
 def touch_images(folder: Path, names: list[str]) -> None:
@@ -74,7 +75,7 @@ def make_classes(root: Path, sizes: dict[str, int]) -> None:
 
 def test_split_holds_out_rounded_share_and_caps_training(tmp_path: Path) -> None:
     make_classes(tmp_path, {"a": 10, "b": 300, "c": 2})
-    s = split(scan(tmp_path), test_ratio=0.25, max_per_class=200, seed=0)
+    s = split(scan(tmp_path), DataOptions(test_ratio=0.25, max_per_class=200, seed=0))
     assert (len(s.test["a"]), len(s.train["a"])) == (3, 7)
     assert (len(s.test["b"]), len(s.train["b"])) == (75, 200)
     assert (len(s.test["c"]), len(s.train["c"])) == (1, 1)
@@ -85,32 +86,32 @@ def test_split_holds_out_rounded_share_and_caps_training(tmp_path: Path) -> None
 def test_split_is_deterministic_and_seeded(tmp_path: Path) -> None:
     make_classes(tmp_path, {"a": 40, "b": 40})
     dataset = scan(tmp_path)
-    first, again = split(dataset, seed=3), split(dataset, seed=3)
-    other = split(dataset, seed=4)
+    first, again = split(dataset, DataOptions(seed=3)), split(dataset, DataOptions(seed=3))
+    other = split(dataset, DataOptions(seed=4))
     assert first.test == again.test and first.train == again.train
     assert first.test["a"] != other.test["a"]
 
 
 def test_adding_a_class_keeps_the_split_of_the_others(tmp_path: Path) -> None:
     make_classes(tmp_path, {"a": 30, "b": 30})
-    before = split(scan(tmp_path), seed=0)
+    before = split(scan(tmp_path), DataOptions(seed=0))
     make_classes(tmp_path, {"c": 30})
-    after = split(scan(tmp_path), seed=0)
+    after = split(scan(tmp_path), DataOptions(seed=0))
     assert after.test["a"] == before.test["a"] and after.train["b"] == before.train["b"]
 
 
 def test_split_rejects_bad_ratio_and_cap(tmp_path: Path) -> None:
     make_classes(tmp_path, {"a": 4, "b": 4})
     dataset = scan(tmp_path)
-    with pytest.raises(WorkbenchError, match="test-ratio"):
-        split(dataset, test_ratio=1.0)
-    with pytest.raises(WorkbenchError, match="max-per-class"):
-        split(dataset, max_per_class=0)
+    with pytest.raises(OptionError, match="test_ratio"):
+        split(dataset, DataOptions(test_ratio=1.0))
+    with pytest.raises(OptionError, match="max_per_class"):
+        split(dataset, DataOptions(max_per_class=0))
 
 
 def test_split_round_trips_through_a_report(tmp_path: Path) -> None:
     make_classes(tmp_path / "data", {"a": 8, "b": 9})
-    s = split(scan(tmp_path / "data"), seed=1)
+    s = split(scan(tmp_path / "data"), DataOptions(seed=1))
     report = tmp_path / "r.json"
     report.write_text(json.dumps({"classes": s.classes, "split": s.to_json()}))
     loaded = load_split(report)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from tests.builders import make_dataset
 from tests.conftest import CORAL_EXTRACTOR, FLOWERS, shared_file
-from workbench import pipeline
+from workbench import training
 from workbench.cli import app
 
 runner = CliRunner()
@@ -81,7 +81,7 @@ def test_a_poor_export_warns_and_exits_1_but_writes_the_model(
     tmp_path: Path, models: dict[str, Path], colors: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No real run of these tiny classes disagrees; a floor above 100% makes every run "poor".
-    monkeypatch.setattr(pipeline, "AGREEMENT_FLOOR", 1.01)
+    monkeypatch.setattr(training, "AGREEMENT_FLOOR", 1.01)
     out = tmp_path / "poor.tflite"
     code, report, stderr = run("imprint", colors, "-e", models["uint8"], "-o", out, "--json")
     assert code == 1

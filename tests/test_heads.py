@@ -13,11 +13,11 @@ import pytest
 
 from tests.builders import write_model
 from workbench.coral_format import imprinting_layout, imprinting_problems
-from workbench.imprint import train_imprinting
+from workbench.imprint_head import ImprintingHead
+from workbench.options import ImprintOptions
 from workbench.runtime import load_model
 from workbench.tflite.graph import Graph, Quant
 from workbench.tflite.heads import append_imprinting_tail
-from workbench.train_imprint import whitening_layer
 
 EMBEDDING_QUANT = {
     "uint8": Quant.per_tensor(0.02, 0),  # non-negative pooled features, like MobileNet's
@@ -69,15 +69,9 @@ def test_imprinting_tail_matches_float_head(
     dim, classes = 24, 6
     x, y = clustered_features(400, dim, classes, seed=1)
     train, test = slice(0, 300), slice(300, None)
-    head = train_imprinting(x[train], y[train], classes, whiten=whiten)
+    head = ImprintingHead.fit(x[train], y[train], classes, ImprintOptions(whiten=whiten))
     graph, _ = embedding_graph(dtype, [1, 1, 1, dim] if shape == "4d" else [1, dim])
-    tail = append_imprinting_tail(
-        graph,
-        head.classes.weights,
-        head.scale_factor,
-        head.cosine_range,
-        transform=whitening_layer(head),
-    )
+    tail = head.append_to(graph)
     assert not imprinting_problems(graph)
     assert tail.scores == graph.outputs[0]
 
@@ -100,15 +94,9 @@ def test_imprinting_tail_matches_float_head(
 
 def test_imprinting_export_is_coral_format_with_uint8_scores() -> None:
     x, y = clustered_features(60, 10, 3, seed=2)
-    head = train_imprinting(x, y, 3, whiten=1.0)
+    head = ImprintingHead.fit(x, y, 3, ImprintOptions(whiten=1.0))
     graph, _ = embedding_graph("int8", [1, 10])
-    append_imprinting_tail(
-        graph,
-        head.classes.weights,
-        head.scale_factor,
-        head.cosine_range,
-        transform=whitening_layer(head),
-    )
+    head.append_to(graph)
     layout = imprinting_layout(graph)
     assert layout is not None
     assert (layout.embedding_dim, layout.num_classes) == (10, 3)
@@ -125,7 +113,9 @@ def test_imprinting_export_is_coral_format_with_uint8_scores() -> None:
 def test_validator_names_what_is_wrong() -> None:
     graph, x = embedding_graph("float32", [1, 4])
     assert any("L2_NORMALIZATION" in p for p in imprinting_problems(graph))
-    head = train_imprinting(np.eye(4)[[0, 0, 1, 1]] + 0.1, np.array([0, 0, 1, 1]), 2, whiten=False)
+    head = ImprintingHead.fit(
+        np.eye(4)[[0, 0, 1, 1]] + 0.1, np.array([0, 0, 1, 1]), 2, ImprintOptions(whiten=False)
+    )
     append_imprinting_tail(graph, head.classes.weights, head.scale_factor)
     assert imprinting_problems(graph) == []
     graph.set_outputs([graph.outputs[0], x])

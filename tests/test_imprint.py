@@ -10,9 +10,10 @@ from workbench.imprint import (
     imprint,
     l2_normalize,
     leave_one_out_cosines,
-    train_imprinting,
 )
 from workbench.imprint_cv import PLAIN, best_temperature, cross_validate
+from workbench.imprint_head import ImprintingHead
+from workbench.options import ImprintOptions
 from workbench.whitening import fit_whitening, within_class_basis, within_class_scatter
 
 
@@ -84,8 +85,8 @@ def test_leave_one_out_of_a_lone_image_has_no_own_class() -> None:
 def test_temperature_grows_with_separation_and_never_changes_top1() -> None:
     easy_x, easy_y = clusters(20, noise=0.2)
     hard_x, hard_y = clusters(20, noise=2.0)
-    easy = train_imprinting(easy_x, easy_y, 4, whiten=False)
-    hard = train_imprinting(hard_x, hard_y, 4, whiten=False)
+    easy = ImprintingHead.fit(easy_x, easy_y, 4, ImprintOptions(whiten=False))
+    hard = ImprintingHead.fit(hard_x, hard_y, 4, ImprintOptions(whiten=False))
     assert easy.scale_factor > hard.scale_factor
     cos = cosines(hard.classes, hard_x)
     assert np.array_equal(hard.scores(hard_x).argmax(1), cos.argmax(1))
@@ -160,7 +161,7 @@ def test_basis_gives_the_whitening_at_any_shrinkage() -> None:
 
 def test_one_image_per_class_is_plain_imprinting_whatever_is_asked() -> None:
     x, y = clusters(1, classes=5)
-    head = train_imprinting(x, y, 5, whiten=True)
+    head = ImprintingHead.fit(x, y, 5, ImprintOptions(whiten=True))
     assert head.whitening is None and head.cosine_range[1] == 1.0
     assert "no held-out image" in head.choice.reason
 
@@ -187,8 +188,10 @@ def test_whitening_turns_down_nuisance_directions_and_helps_imprinting() -> None
     # level / (variance + level): about 0.2 for the nuisance, about 1 for the signal.
     assert spread[1, 1] / spread[0, 0] < 0.3 * before[1, 1] / before[0, 0]
     test_x = x + rng.normal(0.0, 0.3, size=x.shape)
-    plain = train_imprinting(x, labels, 2, whiten=False)
-    whitened = train_imprinting(x, labels, 2, whiten=True)  # cross-validation decides
+    plain = ImprintingHead.fit(x, labels, 2, ImprintOptions(whiten=False))
+    whitened = ImprintingHead.fit(
+        x, labels, 2, ImprintOptions(whiten=True)
+    )  # cross-validation decides
     assert whitened.whitening is not None and whitened.choice is not None
     assert whitened.choice.losses["none"] > min(whitened.choice.losses.values())
     acc_plain = np.mean(plain.scores(test_x).argmax(1) == labels)

@@ -1,3 +1,49 @@
-"""workbench: on-device transfer learning for Coral Edge TPU and TensorFlow Lite."""
+"""workbench: on-device transfer learning for Coral Edge TPU and TensorFlow Lite.
+
+One call per command, plus the heads for users who already have embeddings:
+
+    >>> import workbench as wb
+    >>> result = wb.imprint("flowers/")                        # doctest: +SKIP
+    >>> result = wb.backprop("flowers/", epochs=50, output="f.tflite")   # doctest: +SKIP
+    >>> report = wb.evaluate("f.tflite", "flowers/")           # doctest: +SKIP
+    >>> top = wb.classify("f.tflite", ["a.jpg"])                # doctest: +SKIP
+    >>> emb = wb.embed("flowers/")                              # doctest: +SKIP
+    >>> head = wb.ImprintingHead.fit(emb.train_x, emb.train_y)  # doctest: +SKIP
+    >>> head.export(emb.extractor, "out.tflite", labels=emb.classes)  # doctest: +SKIP
+"""
 
 __version__ = "0.1.0"
+
+from workbench.api import Embeddings, backprop, classify, embed, evaluate, imprint
+from workbench.errors import WorkbenchError
+from workbench.imprint_head import ImprintingHead
+from workbench.options import (
+    BackpropOptions,
+    DataOptions,
+    ImprintOptions,
+    OptionError,
+    RunOptions,
+)
+from workbench.report import Report
+from workbench.softmax_head import SoftmaxHead
+from workbench.training import TrainingResult
+
+__all__ = [
+    "BackpropOptions",
+    "DataOptions",
+    "Embeddings",
+    "ImprintOptions",
+    "ImprintingHead",
+    "OptionError",
+    "Report",
+    "RunOptions",
+    "SoftmaxHead",
+    "TrainingResult",
+    "WorkbenchError",
+    "__version__",
+    "backprop",
+    "classify",
+    "embed",
+    "evaluate",
+    "imprint",
+]

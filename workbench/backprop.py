@@ -12,42 +12,35 @@ L2 penalty reg/2 |W|^2. Compared with libcoral's SoftmaxRegression:
   cosine-decayed learning rate, and keeps the last epoch: picking the best epoch on a small
   validation part kept noisy early epochs and scored lower on every data set tried;
 - SGD starts from zero weights (where the penalty pulls), and the penalty's step is taken
-  exactly (proximal), so no penalty can make it diverge; with fewer than 3 images in some
-  class nothing can be validated and the imprinting solution (each class's normalized
-  mean direction, as FULLY_CONNECTED weights) is the head (`fallback` in the report);
+  exactly (proximal), so no penalty can make it diverge;
 - the features are conditioned first. `M` is a gently shrunk within-class whitening (see
   `workbench.whitening`), scaled to unit mean square per dimension, so one learning rate and
   one penalty scale suit extractors whose outputs differ in scale and correlation. `M` is
   linear, so it is folded into the exported layer: the model still takes raw embeddings and
   ends FULLY_CONNECTED + SOFTMAX.
+
+The head built from this (and its fallback with too few images) is `workbench.softmax_head`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from workbench.calibration import LOGIT_HEADROOM, logit_window, sharpening
 from workbench.crossval import has_own_class, stratified_folds
-from workbench.imprint import imprint, leave_one_out_cosines
-from workbench.imprint_cv import best_temperature
+from workbench.options import BackpropOptions
 from workbench.whitening import fit_whitening
 
-DEFAULT_EPOCHS = 100
-DEFAULT_LEARNING_RATE = 0.1
-DEFAULT_BATCH_SIZE = 100
-DEFAULT_MOMENTUM = 0.9
+MOMENTUM = 0.9
 # Multiple of the mean within-class eigenvalue added before whitening the features.
 FEATURE_SHRINKAGE = 3.0
 # Penalties tried by cross-validation, as lam in reg = lam / N (strong to weak).
 REG_GRID = (3000.0, 1000.0, 300.0, 100.0, 30.0, 10.0, 3.0)
 CV_FOLDS = 3
 CV_ROWS = 2000  # bigger sets are cross-validated on a stratified sample of this size
-MIN_PER_CLASS = 3  # fewer in some class: the imprinting fallback
-DEFAULT_START_SCALE = 10.0  # imprinting fallback's temperature when nothing can be left out
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -151,22 +144,12 @@ class SoftmaxRegression:
         return loss
 
 
-@dataclass(frozen=True)
-class SgdSettings:
-    """How SGD runs; shared by the cross-validation fits and the final one."""
-
-    epochs: int = DEFAULT_EPOCHS
-    learning_rate: float = DEFAULT_LEARNING_RATE
-    batch_size: int = DEFAULT_BATCH_SIZE
-    momentum: float = DEFAULT_MOMENTUM
-
-
 def sgd(
     z: np.ndarray,
     labels: np.ndarray,
     start: tuple[np.ndarray, np.ndarray],
     regs: np.ndarray,
-    settings: SgdSettings,
+    options: BackpropOptions,
     seed: int,
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[EpochStats]]:
@@ -183,13 +166,13 @@ def sgd(
     weights = np.repeat(start[0][None], k, axis=0).transpose(1, 0, 2).reshape(dim, k * num_classes)
     bias = np.tile(start[1], k)
     # With momentum b the loss gradient is followed 1/(1-b) times over; the decay matches it.
-    decay = np.repeat(np.asarray(regs, np.float64), num_classes) / (1.0 - settings.momentum)
+    decay = np.repeat(np.asarray(regs, np.float64), num_classes) / (1.0 - MOMENTUM)
     velocity_w, velocity_b = np.zeros_like(weights), np.zeros_like(bias)
     rng = np.random.default_rng(seed)
-    batches = max(1, int(np.ceil(len(y) / settings.batch_size)))
+    batches = max(1, int(np.ceil(len(y) / options.batch_size)))
     history: list[EpochStats] = []
-    for epoch in range(1, settings.epochs + 1):
-        rate = settings.learning_rate * 0.5 * (1 + np.cos(np.pi * (epoch - 1) / settings.epochs))
+    for epoch in range(1, options.epochs + 1):
+        rate = options.learning_rate * 0.5 * (1 + np.cos(np.pi * (epoch - 1) / options.epochs))
         total = 0.0
         # Even batches: a remainder batch of one image would make a noisy last step.
         for batch in np.array_split(rng.permutation(len(y)), batches):
@@ -202,8 +185,8 @@ def sgd(
                 total += -float(np.log(picked[:, 0] + 1e-12).sum())
                 probs[np.arange(len(batch)), :, y[batch]] -= 1.0
                 grad = probs.reshape(len(batch), -1) / len(batch)
-                velocity_w = settings.momentum * velocity_w + x[batch].T @ grad
-                velocity_b = settings.momentum * velocity_b + grad.sum(axis=0)
+                velocity_w = MOMENTUM * velocity_w + x[batch].T @ grad
+                velocity_b = MOMENTUM * velocity_b + grad.sum(axis=0)
                 # The penalty's step is taken exactly (a proximal step), which is stable for
                 # any penalty and step size; its fixed point is that of loss + reg/2 |W|^2.
                 weights = (weights - rate * velocity_w) / (1.0 + rate * decay)
@@ -220,30 +203,7 @@ def sgd(
     return shaped, bias.reshape(k, num_classes), history
 
 
-def imprinting_start(
-    x: np.ndarray, labels: np.ndarray, num_classes: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Imprinting as a linear layer on raw embeddings: W = tau * unit class directions.
-
-    argmax_c x . w_c is imprinting's top-1 (the norm of x is shared by all classes). tau is
-    the temperature that best predicts each image from the other images of its class.
-    Returns W [D, C], b [C] and those leave-one-out logits (-inf for a class's only image).
-    """
-    classes = imprint(x, labels, num_classes)
-    loo, own = leave_one_out_cosines(classes, x, labels)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    typical = float(np.median(norms))
-    relative = loo * (norms / typical)  # logits of a unit temperature, in cosine units
-    if own.sum() >= 2:
-        finite = np.where(np.isfinite(relative), relative, -1.0)
-        tau = best_temperature(finite[own], labels[own]) / typical
-    else:
-        tau = DEFAULT_START_SCALE / typical
-    weights = tau * classes.weights.T.astype(np.float64)
-    return weights, np.zeros(num_classes), tau * typical * relative
-
-
-def _conditioned(
+def conditioned(
     x: np.ndarray, labels: np.ndarray, num_classes: int
 ) -> tuple[FeatureMap, tuple[np.ndarray, np.ndarray]]:
     """The feature map of these images, and SGD's start on its features: all zeros.
@@ -270,7 +230,7 @@ def choose_reg(
     x: np.ndarray,
     labels: np.ndarray,
     num_classes: int,
-    settings: SgdSettings,
+    options: BackpropOptions,
     seed: int,
     lams: tuple[float, ...] = REG_GRID,
     on_fold: Callable[[int], None] | None = None,
@@ -289,9 +249,9 @@ def choose_reg(
         test = fold_of == fold
         if not test.any() or test.all():
             continue
-        features, start = _conditioned(cx[~test], cy[~test], num_classes)
+        features, start = conditioned(cx[~test], cy[~test], num_classes)
         regs = np.asarray(lams) / int((~test).sum())
-        weights, bias, _ = sgd(features.apply(cx[~test]), cy[~test], start, regs, settings, seed)
+        weights, bias, _ = sgd(features.apply(cx[~test]), cy[~test], start, regs, options, seed)
         held[:, test] = features.apply(cx[test])[None] @ weights + bias[:, None]
         if on_fold is not None:
             on_fold(fold + 1)
@@ -326,132 +286,3 @@ def _sample_rows(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
         rows = np.flatnonzero(labels == c)
         keep[rng.permutation(rows)[: min(3, len(rows))]] = True
     return np.flatnonzero(keep)
-
-
-@dataclass
-class SoftmaxHead:
-    """A trained softmax-regression head on raw embeddings, and how it was trained.
-
-    `logit_range` is the exported layer's 8-bit range, chosen on logits of images held out
-    of cross-validation (left out, for the imprinting fallback).
-    """
-
-    weights: np.ndarray  # [D, C], for raw embeddings
-    bias: np.ndarray  # [C]
-    history: list[EpochStats] = field(default_factory=list)
-    reg: float | None = None
-    choice: RegChoice | None = None
-    logit_range: tuple[float, float] = (-1.0, 1.0)
-    fallback: str | None = None
-    num_train: int = 0
-    sharpened_by: float = 1.0
-
-    def logits(self, embeddings: np.ndarray) -> np.ndarray:
-        return np.asarray(embeddings, np.float64) @ self.weights + self.bias
-
-    def scores(self, embeddings: np.ndarray) -> np.ndarray:
-        """The float head the exported FULLY_CONNECTED + SOFTMAX approximates."""
-        return softmax(self.logits(embeddings))
-
-    def sharpened(self) -> SoftmaxHead:
-        """This head with logits scaled up, if needed, for its 8-bit export to resolve them.
-
-        Scaling logits never changes the top-1; it makes the scores more confident, which
-        the exported 8-bit softmax needs to tell two close classes apart (`sharpening`).
-        """
-        factor = sharpening(self.logit_range, len(self.bias))
-        if factor == 1.0:
-            return self
-        lo, hi = self.logit_range
-        return replace(
-            self, weights=self.weights * factor, bias=self.bias * factor,
-            logit_range=(lo * factor, hi * factor), sharpened_by=factor,
-        )  # fmt: skip
-
-    def summary(self) -> dict[str, Any]:
-        """How the head was trained, for the report."""
-        choice = self.choice
-        return {
-            "embedding_dim": int(self.weights.shape[0]),
-            "num_train": self.num_train,
-            "reg": self.reg,
-            "epochs_run": len(self.history),
-            "fallback": self.fallback,
-            "logit_range": list(self.logit_range),
-            "sharpened_by": self.sharpened_by,
-            "reg_choice": None
-            if choice is None
-            else {
-                "held_out_loss": choice.losses,
-                "held_out_images": choice.held_out_rows,
-                "folds": choice.folds,
-            },
-        }
-
-
-def train_backprop(
-    embeddings: np.ndarray,
-    labels: np.ndarray,
-    num_classes: int,
-    epochs: int = DEFAULT_EPOCHS,
-    learning_rate: float = DEFAULT_LEARNING_RATE,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    reg: float | None = None,
-    momentum: float = DEFAULT_MOMENTUM,
-    seed: int = 0,
-    on_epoch: Callable[[EpochStats], None] | None = None,
-    on_fold: Callable[[int], None] | None = None,
-) -> SoftmaxHead:
-    """Choose the penalty (unless given), condition the features, run SGD, fold back to raw.
-
-    `reg` None chooses it by cross-validation (a given `reg` is still cross-validated alone,
-    for the held-out logits that set the export range). With fewer than MIN_PER_CLASS images
-    in some class the head is the imprinting solution. `on_fold` and `on_epoch` report
-    progress (a finished cross-validation fold; a finished epoch of the final fit).
-    """
-    x = np.asarray(embeddings, np.float64)
-    y = np.asarray(labels, np.int64)
-    settings = SgdSettings(epochs, learning_rate, batch_size, momentum)
-    if np.bincount(y, minlength=num_classes).min() < MIN_PER_CLASS:
-        return _imprinting_fallback(x, y, num_classes)
-    lams = REG_GRID if reg is None else (reg * len(y),)
-    choice, held_logits, _ = choose_reg(x, y, num_classes, settings, seed, lams, on_fold)
-    features, start = _conditioned(x, y, num_classes)
-    z = features.apply(x)
-    weights, bias, history = sgd(z, y, start, np.array([choice.reg]), settings, seed, on_epoch)
-    # SGD starts at zero weights, where the loss is log(C); with a sane step it ends below
-    # that, while too large a step leaves the weights bouncing between bad states.
-    start_loss, final_loss = float(np.log(num_classes)), history[-1].loss
-    if not np.isfinite(final_loss) or final_loss > start_loss + 1.0:
-        raise FloatingPointError(
-            f"training diverged: the loss went from {start_loss:.3g} (untrained) to "
-            f"{final_loss:.3g}; lower the learning rate"
-        )
-    raw_w, raw_b = features.fold(weights[0], bias[0])
-    return SoftmaxHead(
-        raw_w,
-        raw_b,
-        history,
-        reg=choice.reg,
-        choice=choice if reg is None else None,
-        logit_range=logit_window(held_logits),
-        num_train=len(y),
-    ).sharpened()
-
-
-def _imprinting_fallback(x: np.ndarray, y: np.ndarray, num_classes: int) -> SoftmaxHead:
-    weights, bias, held = imprinting_start(x, y, num_classes)
-    # The bottom comes from left-out logits (class vectors of one image fewer: a low
-    # estimate of an unseen image's best logit). For the top, the in-sample logits, which
-    # include each image in its own class, are a high one.
-    lo = logit_window(held)[0]
-    in_sample = np.max(x @ weights + bias, axis=1)
-    hi = float(in_sample.max()) + LOGIT_HEADROOM * float(np.ptp(in_sample))
-    return SoftmaxHead(
-        weights,
-        bias,
-        logit_range=(lo, max(hi, lo + 1.0)),
-        fallback=f"fewer than {MIN_PER_CLASS} images in a class: nothing to validate, so the "
-        "head is the imprinting solution (class directions) as FULLY_CONNECTED weights",
-        num_train=len(y),
-    ).sharpened()

@@ -11,13 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from workbench.backprop import DEFAULT_EPOCHS, train_backprop
 from workbench.cache import OutputCache
 from workbench.dataset import scan
 from workbench.embeddings import run_model
 from workbench.images import Preprocessing, load_input
+from workbench.options import BackpropOptions
 from workbench.progress import Reporter
 from workbench.runtime import LoadedModel, cpu_threads, load_model
+from workbench.softmax_head import SoftmaxHead
 
 # num_threads=0: the interpreter picks (XNNPACK: one thread), as when none is given.
 RUNTIME_DEFAULT_THREADS = 0
@@ -26,9 +27,9 @@ INVOKE_SAMPLE = 64
 
 
 def bench_backprop(
-    samples: int = 1000, dim: int = 1024, classes: int = 5, epochs: int = DEFAULT_EPOCHS
+    samples: int = 1000, dim: int = 1024, classes: int = 5, epochs: int = BackpropOptions.epochs
 ) -> dict[str, Any]:
-    """Time `train_backprop` at its defaults on random clustered embeddings of a given size.
+    """Time `SoftmaxHead.fit` at its defaults on random clustered embeddings of a given size.
 
     All of it: the penalty's cross-validation (3 folds of every candidate), conditioning and
     the final SGD.
@@ -38,7 +39,7 @@ def bench_backprop(
     labels = rng.integers(0, classes, size=samples)
     x = np.clip(centers[labels] + rng.normal(0.0, 0.5, size=(samples, dim)), 0.0, 6.0)
     start = time.perf_counter()
-    head = train_backprop(x.astype(np.float32), labels, classes, epochs=epochs)
+    head = SoftmaxHead.fit(x.astype(np.float32), labels, classes, BackpropOptions(epochs=epochs))
     seconds = time.perf_counter() - start
     return {
         "samples": samples,

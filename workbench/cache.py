@@ -10,6 +10,7 @@ SQLite gives atomic, concurrent-safe writes for free.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -31,6 +32,9 @@ CREATE TABLE IF NOT EXISTS outputs (
 """
 FORMAT = "workbench-cache-1"
 LOOKUP_BATCH = 500
+COLUMNS = ["path", "size", "mtime_ns", "vector", "digest"]
+# How long to wait for another process's lock before running without the cache.
+LOCK_WAIT_S = 5.0
 
 
 def default_cache_dir() -> Path:
@@ -79,29 +83,63 @@ class OutputCache:
         self.width = width
         self.hits = 0
         self.misses = 0
+        self.problem: str | None = None  # why the cache is not used, for the caller to say
         self._db: sqlite3.Connection | None = None
+        self._tried = False
 
     def _connect(self) -> sqlite3.Connection | None:
-        if self._db is not None:
+        """The open database, or None (with `problem` set) when it cannot be used.
+
+        A file that is not a cache database (damaged, truncated, another schema) is rebuilt;
+        one locked by another process is waited for LOCK_WAIT_S, then left alone: "locked"
+        is not "damaged". Anything in the way that is not a file (a folder) is left too.
+        """
+        if self._db is not None or self._tried:
             return self._db
+        self._tried = True
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            return None  # an unwritable cache location: run without a cache
+        except OSError as e:
+            self.problem = f"cannot create {self.path.parent} ({e.strerror or e})"
+            return None
+        if self.path.exists() and not self.path.is_file():
+            self.problem = f"{self.path} is not a file"
+            return None
         for attempt in range(2):
             try:
-                db = sqlite3.connect(self.path, timeout=30)
-                db.execute(SCHEMA)
-                db.commit()
+                db = sqlite3.connect(self.path, timeout=LOCK_WAIT_S)
+                self._check_schema(db)
                 self._db = db
                 return db
-            except sqlite3.DatabaseError:
-                # Not a database (damaged, truncated, or something else): start it afresh.
+            except sqlite3.OperationalError as e:
+                if "locked" in str(e) or "busy" in str(e):
+                    self.problem = f"{self.path} is locked by another process"
+                    return None
                 if attempt == 0:
-                    self.path.unlink(missing_ok=True)
-            except OSError:
+                    self._discard()
+            except sqlite3.DatabaseError:
+                if attempt == 0:
+                    self._discard()  # not a database (damaged, truncated): start afresh
+            except OSError as e:
+                self.problem = f"cannot open {self.path} ({e.strerror or e})"
                 return None
+        self.problem = f"cannot use {self.path}"
         return None
+
+    @staticmethod
+    def _check_schema(db: sqlite3.Connection) -> None:
+        """Create the table, or rebuild it if a table of that name has other columns."""
+        db.execute(SCHEMA)
+        columns = [row[1] for row in db.execute("PRAGMA table_info(outputs)")]
+        if columns != COLUMNS:
+            with db:
+                db.execute("DROP TABLE outputs")
+                db.execute(SCHEMA)
+        db.commit()
+
+    def _discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink(missing_ok=True)
 
     def lookup(
         self, paths: Sequence[str | Path]

@@ -13,12 +13,52 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
-from workbench import backprop as backprop_defaults
-from workbench.dataset import DEFAULT_MAX_PER_CLASS, DEFAULT_SEED, DEFAULT_TEST_RATIO
+from workbench import __version__
 from workbench.errors import WorkbenchError
+from workbench.options import (
+    BackpropOptions,
+    DataOptions,
+    ImprintOptions,
+    OptionError,
+    RunOptions,
+    whole,
+)
+
+EXIT_BAD_INPUT = 2
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class _Commands(TyperGroup):
+    """Typer's group, with usage errors ending in one plain `error: ...` line (exit 2).
+
+    Scripts read the last line of stderr; typer's framed box spreads the message over
+    several. The usage line stays above it, for humans.
+    """
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as e:
+            context = getattr(e, "ctx", None)
+            if context is not None:
+                print(context.get_usage(), file=sys.stderr)
+            print(f"error: {one_line(e.format_message())}", file=sys.stderr)
+            code = e.exit_code
+        except click.Abort:
+            print("interrupted; nothing was written", file=sys.stderr)
+            code = 130
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
     name="workbench",
@@ -26,9 +66,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_Commands,
 )
-
-EXIT_BAD_INPUT = 2
 # The model was written but its 8-bit export disagrees with its float head too often.
 EXIT_POOR_EXPORT = 1
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,15 +88,35 @@ def handles_bad_input(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except OptionError as e:
+            flag = "--" + e.field.replace("_", "-")
+            print(f"error: {flag} {e.requirement}, got {e.value!r}", file=sys.stderr)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
         except WorkbenchError as e:
-            message = " ".join(str(e).split())
-            print(f"error: {message}", file=sys.stderr)
+            print(f"error: {one_line(str(e))}", file=sys.stderr)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except KeyboardInterrupt:
             print("interrupted; nothing was written", file=sys.stderr)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)
+    ] = False,
+) -> None:
+    """On-device transfer learning for Coral Edge TPU and TensorFlow Lite."""
+    if version:
+        print(f"workbench {__version__}")
+        raise typer.Exit()
+
+
+def _checked(check: Callable[..., None], field: str, value: object, *bounds: Any) -> None:
+    """A plain number option checked like the option objects' fields (same message)."""
+    check(field, value, *bounds)
 
 
 def emit_json(data: Any) -> None:
@@ -78,6 +137,12 @@ OutputOpt = Annotated[
     Path | None,
     typer.Option(
         "--output", "-o", help="Model to write; labels go to OUT.txt, report to OUT.report.json."
+    ),
+]
+ForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force", help="Use the extractor even if it looks like a classifier (softmax output)."
     ),
 ]
 TestRatioOpt = Annotated[
@@ -114,20 +179,11 @@ def _cache_choice(cache_dir: Path | None, no_cache: bool) -> bool | Path:
 DataDirArg = Annotated[Path, typer.Argument(help="Folder with one sub-folder of images per class.")]
 
 
-def _extractor_or_default(extractor: Path | None) -> Path:
-    """The given extractor, or the EfficientNet-Lite0 extractor bundled with workbench."""
-    if extractor is not None:
-        return extractor
-    from workbench.models import bundled_model
-
-    return bundled_model()
-
-
 def _print_training(result: Any, json_output: bool) -> None:
     from workbench.display import print_outputs, print_report
 
     if json_output:
-        emit_json(result.report)
+        emit_json(result.report.to_json())
     else:
         console = stdout()
         print_report(console, result.report)
@@ -137,9 +193,10 @@ def _print_training(result: Any, json_output: bool) -> None:
                 "model": str(result.model),
                 "labels": str(result.labels),
                 "report": str(result.report_path),
+                "HTML report": str(result.html_path),
             },
         )
-    if result.report.get("agreement_ok") is False:
+    if result.report.agreement_ok is False:
         raise typer.Exit(EXIT_POOR_EXPORT)
 
 
@@ -149,9 +206,9 @@ def imprint(
     data_dir: DataDirArg,
     extractor: ExtractorOpt = None,
     output: OutputOpt = None,
-    test_ratio: TestRatioOpt = DEFAULT_TEST_RATIO,
-    max_per_class: MaxPerClassOpt = DEFAULT_MAX_PER_CLASS,
-    seed: SeedOpt = DEFAULT_SEED,
+    test_ratio: TestRatioOpt = DataOptions.test_ratio,
+    max_per_class: MaxPerClassOpt = DataOptions.max_per_class,
+    seed: SeedOpt = DataOptions.seed,
     whiten: Annotated[
         bool,
         typer.Option(
@@ -159,7 +216,7 @@ def imprint(
             help="Whiten embeddings with their within-class covariance when cross-validation "
             "on the training images shows it helps; --no-whiten: Coral's plain imprinting head.",
         ),
-    ] = True,
+    ] = bool(ImprintOptions.whiten),
     base: Annotated[
         Path | None,
         typer.Option(
@@ -183,29 +240,19 @@ def imprint(
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
     device: DeviceOpt = None,
+    force: ForceOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Weight imprinting: a classifier from a few images per class, in seconds."""
+    from workbench import api
     from workbench.display import ConsoleReporter
-    from workbench.train_imprint import imprint_folder
 
-    if keep_classes and base is None:
-        raise WorkbenchError("--keep-classes needs --base MODEL.tflite")
-    result = imprint_folder(
-        data_dir,
-        extractor if base is not None else _extractor_or_default(extractor),
-        base=base,
-        keep_classes=keep_classes,
-        base_labels=base_labels,
-        output=output,
-        test_ratio=test_ratio,
-        max_per_class=max_per_class,
-        seed=seed,
-        whiten=whiten,
-        device=device,
-        cache=_cache_choice(cache_dir, no_cache),
-        reporter=ConsoleReporter(stderr()),
-    )
+    result = api.imprint(
+        data_dir, base=base, keep_classes=keep_classes, base_labels=base_labels,
+        reporter=ConsoleReporter(stderr()), whiten=whiten, test_ratio=test_ratio,
+        max_per_class=max_per_class, seed=seed, extractor=extractor, output=output,
+        device=device, cache=_cache_choice(cache_dir, no_cache), force=force,
+    )  # fmt: skip
     _print_training(result, json_output)
 
 
@@ -214,15 +261,15 @@ def imprint(
 def backprop(
     data_dir: DataDirArg,
     extractor: ExtractorOpt = None,
-    epochs: Annotated[int, typer.Option("--epochs", help="Full passes over the training set.")] = (
-        backprop_defaults.DEFAULT_EPOCHS
-    ),
+    epochs: Annotated[
+        int, typer.Option("--epochs", help="Full passes over the training set.")
+    ] = BackpropOptions.epochs,
     learning_rate: Annotated[
         float, typer.Option("--learning-rate", help="Initial SGD step (cosine-decayed to 0).")
-    ] = backprop_defaults.DEFAULT_LEARNING_RATE,
+    ] = BackpropOptions.learning_rate,
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Embeddings per SGD step.")
-    ] = backprop_defaults.DEFAULT_BATCH_SIZE,
+    ] = BackpropOptions.batch_size,
     reg: Annotated[
         float | None,
         typer.Option(
@@ -231,33 +278,25 @@ def backprop(
         ),
     ] = None,
     output: OutputOpt = None,
-    test_ratio: TestRatioOpt = DEFAULT_TEST_RATIO,
-    max_per_class: MaxPerClassOpt = DEFAULT_MAX_PER_CLASS,
-    seed: SeedOpt = DEFAULT_SEED,
+    test_ratio: TestRatioOpt = DataOptions.test_ratio,
+    max_per_class: MaxPerClassOpt = DataOptions.max_per_class,
+    seed: SeedOpt = DataOptions.seed,
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
     device: DeviceOpt = None,
+    force: ForceOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Last-layer backprop: softmax regression trained with SGD, exported as FC + softmax."""
+    from workbench import api
     from workbench.display import ConsoleReporter
-    from workbench.train_backprop import backprop_folder
 
-    result = backprop_folder(
-        data_dir,
-        _extractor_or_default(extractor),
-        output=output,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        reg=reg,
-        test_ratio=test_ratio,
-        max_per_class=max_per_class,
-        seed=seed,
-        device=device,
-        cache=_cache_choice(cache_dir, no_cache),
-        reporter=ConsoleReporter(stderr()),
-    )
+    result = api.backprop(
+        data_dir, reporter=ConsoleReporter(stderr()), epochs=epochs,
+        learning_rate=learning_rate, batch_size=batch_size, reg=reg, test_ratio=test_ratio,
+        max_per_class=max_per_class, seed=seed, extractor=extractor, output=output,
+        device=device, cache=_cache_choice(cache_dir, no_cache), force=force,
+    )  # fmt: skip
     _print_training(result, json_output)
 
 
@@ -269,9 +308,9 @@ def evaluate(
     labels: Annotated[
         Path | None, typer.Option("--labels", help="Labels file (default: MODEL.txt).")
     ] = None,
-    test_ratio: TestRatioOpt = DEFAULT_TEST_RATIO,
-    max_per_class: MaxPerClassOpt = DEFAULT_MAX_PER_CLASS,
-    seed: SeedOpt = DEFAULT_SEED,
+    test_ratio: TestRatioOpt = DataOptions.test_ratio,
+    max_per_class: MaxPerClassOpt = DataOptions.max_per_class,
+    seed: SeedOpt = DataOptions.seed,
     split: Annotated[
         Path | None,
         typer.Option("--split", help="Reuse the held-out split recorded in a training report."),
@@ -282,23 +321,16 @@ def evaluate(
     json_output: JsonOpt = False,
 ) -> None:
     """Accuracy of a model on the held-out split of a data folder (the split training used)."""
+    from workbench import api
     from workbench.display import ConsoleReporter, print_report
-    from workbench.pipeline import evaluate_folder
 
-    report = evaluate_folder(
-        model,
-        data_dir,
-        labels_path=labels,
-        test_ratio=test_ratio,
-        max_per_class=max_per_class,
-        seed=seed,
-        split_report=split,
-        device=device,
+    report = api.evaluate(
+        model, data_dir, labels=labels, split=split, reporter=ConsoleReporter(stderr()),
+        test_ratio=test_ratio, max_per_class=max_per_class, seed=seed, device=device,
         cache=_cache_choice(cache_dir, no_cache),
-        reporter=ConsoleReporter(stderr()),
-    )
+    )  # fmt: skip
     if json_output:
-        emit_json(report)
+        emit_json(report.to_json())
     else:
         print_report(stdout(), report)
 
@@ -319,11 +351,12 @@ def curve(
             help="Caps at which the exported 8-bit models are scored too (comma-separated).",
         ),
     ] = "1,10,200",
-    test_ratio: TestRatioOpt = DEFAULT_TEST_RATIO,
-    seed: SeedOpt = DEFAULT_SEED,
+    test_ratio: TestRatioOpt = DataOptions.test_ratio,
+    seed: SeedOpt = DataOptions.seed,
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
     device: DeviceOpt = None,
+    force: ForceOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Learning curve: held-out top-1 of each trainer at 1, 2, 5 ... images per class."""
@@ -332,15 +365,13 @@ def curve(
 
     result = learning_curve(
         data_dir,
-        _extractor_or_default(extractor),
         caps=_int_list(caps, "--caps"),
         exported_at=_int_list(exported_at, "--exported-at") if exported_at else (),
-        test_ratio=test_ratio,
-        seed=seed,
-        device=device,
+        data=DataOptions(test_ratio=test_ratio, seed=seed),
+        run=RunOptions(extractor=extractor, device=device,
+                       cache=_cache_choice(cache_dir, no_cache), force=force),
         reporter=ConsoleReporter(stderr()),
-        cache=_cache_choice(cache_dir, no_cache),
-    )
+    )  # fmt: skip
     if json_output:
         emit_json(result)
     else:
@@ -354,9 +385,35 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
         raise WorkbenchError(
             f"{flag} takes whole numbers separated by commas, got {text!r}"
         ) from None
-    if not values or min(values) < 1:
-        raise WorkbenchError(f"{flag} needs numbers of at least 1, got {text!r}")
+    if not values or min(values) < 1 or max(values) > 100_000:
+        raise WorkbenchError(f"{flag} needs numbers from 1 to 100000, got {text!r}")
     return values
+
+
+@app.command()
+@handles_bad_input
+def report(
+    report_json: Annotated[Path, typer.Argument(help="A report .json written by workbench.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="HTML file to write (default: beside the report)."),
+    ] = None,
+) -> None:
+    """Render a report (imprint, backprop, evaluate or curve --json) as one HTML page."""
+    from workbench.outputs import check_outputs, write_files_atomically
+    from workbench.report import Report
+    from workbench.report_html import render_curve, render_report
+
+    data = Report.read_json(report_json)
+    name = str(report_json)
+    stem = name[: -len(".json")] if name.endswith(".json") else name
+    target = output or Path(f"{stem}.html")
+    check_outputs({"html": target}, inputs=[report_json])
+    page = (
+        render_curve(data) if "points" in data else render_report(Report.from_json(data).to_json())
+    )
+    write_files_atomically({target: page.encode()})
+    print(target)
 
 
 @app.command()
@@ -377,6 +434,8 @@ def classify(
     """Top classes of each image with scores, and the inference time."""
     from workbench.classify import classify_images, print_classification
 
+    _checked(whole, "top_k", top_k, 1, 100_000)
+    _checked(whole, "repeat", repeat, 0, 100_000)
     result = classify_images(model, images, labels, top_k=top_k, repeat=repeat, device=device)
     if json_output:
         emit_json(result)
@@ -402,6 +461,7 @@ def inspect(
     """
     from workbench.inspection import inspect_model
 
+    _checked(whole, "runtime_version", runtime_version, 10, 99)
     result = inspect_model(model, runtime_version)
     if json_output:
         emit_json(result.to_json())
@@ -495,10 +555,18 @@ def datasets_get(
 
 
 @datasets_app.command("list")
-def datasets_list() -> None:
+def datasets_list(json_output: JsonOpt = False) -> None:
     """The datasets `workbench datasets get` knows."""
     from workbench.download import SOURCES
 
+    if json_output:
+        emit_json(
+            [
+                {"name": s.name, "description": s.description, "url": s.url, "sha256": s.sha256}
+                for s in SOURCES.values()
+            ]
+        )
+        return
     for source in SOURCES.values():
         print(f"{source.name:10s} {source.description}\n{'':10s} {source.url}")
 
@@ -513,12 +581,18 @@ def bench_backprop_command(
     samples: Annotated[int, typer.Option("--samples", help="Training embeddings.")] = 1000,
     dim: Annotated[int, typer.Option("--dim", help="Embedding size.")] = 1024,
     classes: Annotated[int, typer.Option("--classes", help="Number of classes.")] = 5,
-    epochs: Annotated[int, typer.Option("--epochs", help="Epochs to train.")] = 100,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs to train.")] = (
+        BackpropOptions.epochs
+    ),
     json_output: JsonOpt = False,
 ) -> None:
-    """Time SoftmaxRegression training (all of it: conditioning, SGD, validation)."""
+    """Time backprop training (all of it: cross-validation, conditioning, SGD)."""
     from workbench.bench import bench_backprop
 
+    _checked(whole, "classes", classes, 2, 10_000)
+    _checked(whole, "samples", samples, 3 * classes, 10_000_000)
+    _checked(whole, "dim", dim, 1, 100_000)
+    _checked(whole, "epochs", epochs, 1, 100_000)
     result = bench_backprop(samples, dim, classes, epochs)
     if json_output:
         emit_json(result)
@@ -542,10 +616,12 @@ def bench_pipeline_command(
     """Embedding throughput: Coral's demo loop, invoke alone, workbench cold and warm."""
     from workbench.bench import bench_pipeline
     from workbench.display import ConsoleReporter
+    from workbench.trainers import bundled_source
 
-    result = bench_pipeline(
-        data_dir, _extractor_or_default(extractor), limit, device, ConsoleReporter(stderr())
-    )
+    if limit is not None:
+        _checked(whole, "limit", limit, 1, 10_000_000)
+    source = bundled_source(RunOptions(extractor=extractor)).path
+    result = bench_pipeline(data_dir, source, limit, device, ConsoleReporter(stderr()))
     if json_output:
         emit_json(result)
         return
@@ -567,6 +643,7 @@ def bench_model_command(
     """Latency of one model: first invoke and steady state (min, median, p90)."""
     from workbench.bench import bench_model
 
+    _checked(whole, "runs", runs, 1, 1_000_000)
     result = bench_model(model, device, runs)
     if json_output:
         emit_json(result)

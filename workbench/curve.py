@@ -9,19 +9,20 @@ worth collecting, and which trainer to use at their count.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from workbench.backprop import train_backprop
 from workbench.head_eval import load_head, run_head
-from workbench.imprint import train_imprinting
-from workbench.pipeline import CacheChoice, start_training
+from workbench.imprint_head import ImprintingHead
+from workbench.options import DataOptions, ImprintOptions, RunOptions
 from workbench.progress import Reporter
-from workbench.tflite.heads import append_imprinting_tail, append_softmax_regression_tail
-from workbench.train_imprint import whitening_layer
+from workbench.softmax_head import SoftmaxHead
+from workbench.tflite.graph import Graph
+from workbench.trainers import bundled_source
+from workbench.training import Prepared, prepare
 
 DEFAULT_CAPS = (1, 2, 5, 10, 20, 50, 100, 200)
 TRAINERS = ("imprint", "imprint --no-whiten", "backprop")
@@ -51,31 +52,33 @@ def _first_per_class(labels: np.ndarray, cap: int) -> np.ndarray:
 
 def learning_curve(
     data_dir: str | Path,
-    extractor: str | Path | None = None,
     caps: tuple[int, ...] = DEFAULT_CAPS,
     exported_at: tuple[int, ...] = (),
-    test_ratio: float = 0.25,
-    seed: int = 0,
-    device: str | None = None,
+    data: DataOptions = DataOptions(),
+    run: RunOptions = RunOptions(),
     reporter: Reporter | None = None,
-    cache: CacheChoice = True,
 ) -> dict[str, Any]:
-    """Top-1 of every trainer at every cap over one held-out split, from one extraction."""
+    """Top-1 of every trainer at every cap over one held-out split, from one extraction.
+
+    `data.max_per_class` is ignored: the largest cap is the split's cap.
+    """
     reporter = reporter or Reporter()
     started = time.perf_counter()
-    run = start_training(
-        data_dir, extractor, None, test_ratio, max(caps), seed, device, reporter, cache=cache
-    )
-    embedded, num_classes = run.embedded, len(run.split.classes)
+    data = replace(data, max_per_class=max(caps))
+    prepared = prepare(data_dir, bundled_source(run), data, run, None, reporter)
+    embedded, num_classes = prepared.embedded, len(prepared.split.classes)
+    seed = data.seed
     points = []
     with reporter.task("training at each cap", len(caps)) as advance:
         for cap in sorted(caps):
             rows = _first_per_class(embedded.train_y, cap)
             x, y = embedded.train_x[rows], embedded.train_y[rows]
-            heads = {
-                "imprint": train_imprinting(x, y, num_classes, whiten=True, seed=seed),
-                "imprint --no-whiten": train_imprinting(x, y, num_classes, whiten=False, seed=seed),
-                "backprop": train_backprop(x, y, num_classes, seed=seed),
+            heads: dict[str, Any] = {
+                "imprint": ImprintingHead.fit(x, y, num_classes, seed=seed),
+                "imprint --no-whiten": ImprintingHead.fit(
+                    x, y, num_classes, ImprintOptions(whiten=False), seed
+                ),
+                "backprop": SoftmaxHead.fit(x, y, num_classes, seed=seed),
             }
             point = CurvePoint(
                 cap,
@@ -86,34 +89,30 @@ def learning_curve(
                 },
             )
             if cap in exported_at:
-                _score_exported(point, heads, run, embedded)
+                _score_exported(point, heads, prepared)
             points.append(point)
             advance(1, status=f"{cap} per class")
     return {
         "data_dir": str(data_dir),
-        "classes": list(run.split.classes),
+        "classes": list(prepared.split.classes),
         "held_out_images": len(embedded.test_y),
         "unreadable": len(embedded.unreadable),
-        "settings": {"test_ratio": test_ratio, "seed": seed, "caps": sorted(caps)},
-        **run.extractor_info,
+        "settings": {"test_ratio": data.test_ratio, "seed": seed, "caps": sorted(caps)},
+        **prepared.info,
         "points": [point.__dict__ for point in points],
         "timing": {"extract_s": round(embedded.seconds, 3),
                    "total_s": round(time.perf_counter() - started, 3)},
     }  # fmt: skip
 
 
-def _score_exported(point: CurvePoint, heads: dict[str, Any], run: Any, embedded: Any) -> None:
+def _score_exported(point: CurvePoint, heads: dict[str, Any], prepared: Prepared) -> None:
     """Export each head onto the extractor and run its 8-bit layers on the held-out outputs."""
+    embedded = prepared.embedded
     for name, head in heads.items():
-        graph = run.graph.__class__.from_bytes(run.graph.to_bytes())
-        if name == "backprop":
-            append_softmax_regression_tail(graph, head.weights.T, head.bias, head.logit_range)
-        else:
-            append_imprinting_tail(
-                graph, head.classes.weights, head.scale_factor, head.cosine_range,
-                transform=whitening_layer(head),
-            )  # fmt: skip
-        exported = run_head(load_head(graph, run.embedding_tensor), embedded.test_x).argmax(1)
+        graph = Graph.from_bytes(prepared.graph.to_bytes())
+        head.append_to(graph)
+        exported = run_head(load_head(graph, prepared.embedding_tensor), embedded.test_x)
+        exported = exported.argmax(1)
         float_top1 = head.scores(embedded.test_x).argmax(1)
         point.exported_top1[name] = float(np.mean(exported == embedded.test_y))
         point.agreement[name] = float(np.mean(exported == float_top1))

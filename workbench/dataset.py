@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
+from workbench.export import label_problem
+from workbench.options import DataOptions
+from workbench.progress import Reporter
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
-DEFAULT_TEST_RATIO = 0.25
-DEFAULT_MAX_PER_CLASS = 200  # Coral's per-class cap for imprinting
-DEFAULT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,14 @@ class Split:
     classes: list[str]
     train: dict[str, list[Path]]
     test: dict[str, list[Path]]
+    unused: dict[str, list[Path]] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per class trained on, held out, and left out by the cap."""
+        return {
+            part: {c: len(getattr(self, part).get(c, [])) for c in self.classes}
+            for part in ("train", "test", "unused")
+        }
 
     def files(self, part: str) -> tuple[list[Path], list[int]]:
         """Flat (paths, class ids) of the `train` or `test` part, class by class."""
@@ -108,6 +116,13 @@ def scan(root: str | Path) -> Dataset:
             (files if is_image_file(path) else skipped).append(path)
         images[entry.name] = files
 
+    for name in images:
+        problem = label_problem(name)
+        if problem:
+            raise WorkbenchError(
+                f"class folder {name!r} in {root} {problem}, which a labels file cannot keep; "
+                "rename the folder"
+            )
     if len(images) < 2:
         found = ", ".join(images) or "none"
         raise WorkbenchError(f"{root} needs at least 2 class folders with images (found: {found})")
@@ -124,26 +139,35 @@ def held_out_count(n: int, test_ratio: float) -> int:
     return max(1, int(test_ratio * n + 0.5))
 
 
-def split(
-    dataset: Dataset,
-    test_ratio: float = DEFAULT_TEST_RATIO,
-    max_per_class: int = DEFAULT_MAX_PER_CLASS,
-    seed: int = DEFAULT_SEED,
-) -> Split:
-    """Shuffle each class deterministically, hold out its test part, cap its training part."""
-    if not 0.0 <= test_ratio < 1.0:
-        raise WorkbenchError(f"--test-ratio must be in [0, 1), got {test_ratio}")
-    if max_per_class < 1:
-        raise WorkbenchError(f"--max-per-class must be at least 1, got {max_per_class}")
+def split(dataset: Dataset, options: DataOptions = DataOptions()) -> Split:
+    """Shuffle each class deterministically, hold out its test part, cap its training part.
+
+    What the cap leaves out of training is kept in `unused` (it is neither trained on nor
+    held out), so the report can say how many images a larger cap would add.
+    """
     train: dict[str, list[Path]] = {}
     test: dict[str, list[Path]] = {}
+    unused: dict[str, list[Path]] = {}
     for name in dataset.classes:
         files = list(dataset.images[name])
-        random.Random(f"{seed}/{name}").shuffle(files)
-        n_test = min(held_out_count(len(files), test_ratio), len(files) - 1)
+        random.Random(f"{options.seed}/{name}").shuffle(files)
+        n_test = min(held_out_count(len(files), options.test_ratio), len(files) - 1)
         test[name] = files[:n_test]
-        train[name] = files[n_test:][:max_per_class]
-    return Split(list(dataset.classes), train, test)
+        train[name] = files[n_test:][: options.max_per_class]
+        unused[name] = files[n_test:][options.max_per_class :]
+    return Split(list(dataset.classes), train, test, unused)
+
+
+def prepare_split(
+    data_dir: str | Path, options: DataOptions, reporter: Reporter
+) -> tuple[Dataset, Split]:
+    """Scan the folder (saying what was skipped) and split it."""
+    dataset = scan(data_dir)
+    if dataset.skipped:
+        shown = ", ".join(p.name for p in dataset.skipped[:3])
+        more = f" and {len(dataset.skipped) - 3} more" if len(dataset.skipped) > 3 else ""
+        reporter.warn(f"skipped {len(dataset.skipped)} non-image files ({shown}{more})")
+    return dataset, split(dataset, options)
 
 
 def load_split(report_path: str | Path) -> Split:

@@ -18,6 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from workbench.progress import Reporter
+from workbench.report import Report
 
 
 class ConsoleReporter(Reporter):
@@ -77,40 +78,80 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def accuracy_table(report: dict[str, Any], title: str = "Held-out accuracy") -> Table:
+# Above this many classes the confusion matrix no longer fits a terminal: the top
+# confusions are listed instead (the full matrix stays in the JSON and HTML reports).
+MATRIX_MAX_CLASSES = 12
+TOP_CONFUSIONS = 15
+
+
+def accuracy_table(report: Report, title: str = "Held-out accuracy") -> Table:
     table = Table(title=title)
     table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, value in enumerate(report.get("top_k_accuracy", []), start=1):
+    table.add_column("value", justify="right", no_wrap=True)
+    for k, value in enumerate(report.top_k_accuracy, start=1):
         table.add_row(f"top-{k}", _pct(value))
-    if report.get("float_top1_accuracy") is not None:
-        table.add_row("top-1 of the float head", _pct(report["float_top1_accuracy"]))
-    if report.get("agreement") is not None:
-        table.add_row("agreement with float head", _pct(report["agreement"]))
-    table.add_row("held-out images", str(report.get("num_images", 0)))
+    if report.float_top1_accuracy is not None:
+        table.add_row("top-1 of the float head", _pct(report.float_top1_accuracy))
+    if report.agreement is not None:
+        table.add_row("agreement with float head", _pct(report.agreement))
+    table.add_row("held-out images", str(report.num_images))
     return table
 
 
-def per_class_table(report: dict[str, Any]) -> Table:
+def per_class_table(report: Report) -> Table:
     table = Table(title="Per class")
-    for name in ("class", "precision", "recall", "f1", "support"):
-        table.add_column(name, justify="left" if name == "class" else "right")
-    for name, m in report.get("per_class", {}).items():
+    table.add_column("class", overflow="fold")
+    for name in ("precision", "recall", "f1", "support"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for name, m in report.per_class.items():
         table.add_row(
             name, _pct(m["precision"]), _pct(m["recall"]), _pct(m["f1"]), str(m["support"])
         )
     return table
 
 
-def confusion_table(report: dict[str, Any]) -> Table:
+def confusion_table(report: Report) -> Table:
     table = Table(title="Confusion matrix (rows: true class, columns: predicted)")
     table.add_column("")
-    for name in report.get("confusion_labels", []):
+    for name in report.confusion_labels:
         table.add_column(name, justify="right")
-    rows = zip(report.get("classes", []), report.get("confusion_matrix", []), strict=True)
-    for name, row in rows:
+    for name, row in zip(report.classes, report.confusion_matrix, strict=True):
         table.add_row(name, *(str(v) for v in row))
     return table
+
+
+def top_confusions(report: Report, limit: int = TOP_CONFUSIONS) -> list[tuple[str, str, int]]:
+    """(true, predicted, count) of the most frequent mistakes, most frequent first."""
+    pairs = []
+    for true, row in zip(report.classes, report.confusion_matrix, strict=True):
+        for predicted, count in zip(report.confusion_labels, row, strict=True):
+            if count and predicted != true:
+                pairs.append((true, predicted, int(count)))
+    return sorted(pairs, key=lambda p: (-p[2], p[0], p[1]))[:limit]
+
+
+def counts_line(report: Report) -> str:
+    """Images trained on, held out, left out by the cap, unreadable, skipped: one line."""
+    counts = report.counts
+    parts = [
+        f"trained on {sum(counts.get('train', {}).values())} images",
+        f"held out {sum(counts.get('test', {}).values())}",
+    ]
+    if "unused" in counts:
+        parts.append(f"unused by the cap {sum(counts['unused'].values())}")
+    parts.append(f"unreadable {len(report.unreadable)}")
+    parts.append(f"skipped files {len(report.skipped_files)}")
+    return f"{len(report.classes)} classes: " + ", ".join(parts)
+
+
+def timing_line(report: Report) -> str | None:
+    timing = report.timing
+    if not timing:
+        return None
+    names = {"extract_s": "extract", "train_s": "train", "evaluate_s": "export+evaluate",
+             "total_s": "total"}  # fmt: skip
+    parts = [f"{label} {timing[key]:.1f} s" for key, label in names.items() if key in timing]
+    return "time: " + ", ".join(parts)
 
 
 def curve_table(result: dict[str, Any]) -> Table:
@@ -135,10 +176,21 @@ def curve_table(result: dict[str, Any]) -> Table:
     return table
 
 
-def print_report(console: Console, report: dict[str, Any]) -> None:
+def print_report(console: Console, report: Report) -> None:
     console.print(accuracy_table(report))
     console.print(per_class_table(report))
-    console.print(confusion_table(report))
+    if len(report.classes) <= MATRIX_MAX_CLASSES:
+        console.print(confusion_table(report))
+    else:
+        console.print(
+            "Top confusions (true -> predicted: images; the full matrix is in the report)"
+        )
+        for true, predicted, count in top_confusions(report):
+            console.print(f"  {true} -> {predicted}: {count}", markup=False, highlight=False)
+    console.print(counts_line(report), markup=False, highlight=False, soft_wrap=True)
+    line = timing_line(report)
+    if line:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def print_outputs(console: Console, paths: dict[str, str]) -> None:

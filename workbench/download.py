@@ -17,6 +17,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -185,8 +186,11 @@ def _unpack(archive: Path, into: Path) -> None:
                     if member.issym() or member.islnk():
                         raise WorkbenchError(f"link in archive: {member.name}")
                 tar.extractall(into)
-    except (tarfile.TarError, OSError) as e:
-        raise WorkbenchError(f"cannot unpack {archive.name}: {e}") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        # A truncated gzip stream ends in EOFError, a corrupted one in zlib.error.
+        reason = "the archive is truncated" if isinstance(e, EOFError) else str(e)
+        reason = reason or type(e).__name__
+        raise WorkbenchError(f"cannot unpack {archive.name}: {reason}") from None
 
 
 def get_dataset(
@@ -202,6 +206,8 @@ def get_dataset(
         raise WorkbenchError(f"unknown dataset {name!r}; known: {', '.join(SOURCES)}")
     source = SOURCES[name]
     source = replace(source, url=url or source.url, sha256=(sha256 or source.sha256).lower())
+    if not re.fullmatch(r"[0-9a-f]{64}", source.sha256):
+        raise WorkbenchError(f"--sha256 must be 64 hexadecimal digits, got {sha256!r}")
     root = Path(root)
     target = root / name
     marker = target / MARKER

@@ -1,4 +1,4 @@
-"""Evaluation: score a model's outputs on held-out images against their class folders.
+"""Evaluation: where accuracy is scored, from a model's outputs on held-out images.
 
 The scores come from running the exported `.tflite` itself, so the report measures the model a
 user will deploy, quantization included; `agreement` says how often its top-1 matches the
@@ -9,10 +9,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from workbench import __version__
 from workbench.errors import WorkbenchError
+from workbench.extraction import CacheChoice, run_cached
+from workbench.options import DataOptions, RunOptions, settings
+from workbench.progress import Reporter
+from workbench.report import Report
+from workbench.runtime import LoadedModel, load_model
 
 OTHER = "(other)"
 MAX_K = 5
@@ -31,8 +38,11 @@ class Evaluation:
     agreement: float | None = None
     mistakes: list[dict[str, object]] = field(default_factory=list)
 
-    def to_json(self) -> dict:
-        return asdict(self)
+    def fields(self) -> dict[str, Any]:
+        """The report fields this evaluation fills (everything but the class list)."""
+        data = asdict(self)
+        del data["classes"]
+        return data
 
 
 def label_ids(classes: list[str], labels: list[str]) -> list[int]:
@@ -122,4 +132,67 @@ def score(
         confusion_labels=confusion_labels,
         agreement=agreement,
         mistakes=mistakes,
+    )
+
+
+def evaluate_model_on(
+    model: LoadedModel,
+    files: list[Path],
+    true_classes: np.ndarray,
+    classes: list[str],
+    labels: list[str],
+    reporter: Reporter,
+    float_top1: np.ndarray | None = None,
+    cache: CacheChoice = False,
+) -> Evaluation:
+    """Run the model on the files and score its outputs (unreadable files are skipped)."""
+    out, _ = run_cached(model, files, cache, reporter, "evaluating")
+    kept = np.asarray(out.kept, np.int64)
+    if len(kept) == 0:
+        raise WorkbenchError("no readable held-out images to evaluate on")
+    return score(
+        out.vectors,
+        np.asarray(true_classes)[kept],
+        classes,
+        labels,
+        float_top1=None if float_top1 is None else np.asarray(float_top1)[kept],
+        files=[files[i] for i in kept],
+    )
+
+
+def evaluate_folder(
+    model_path: str | Path,
+    data_dir: str | Path,
+    labels_path: str | Path | None = None,
+    data: DataOptions = DataOptions(),
+    split_report: str | Path | None = None,
+    run: RunOptions = RunOptions(),
+    reporter: Reporter | None = None,
+) -> Report:
+    """Evaluate a model on the held-out part of `data_dir` (the split training used)."""
+    from workbench.dataset import load_split, prepare_split
+    from workbench.export import default_labels_path, read_labels
+
+    reporter = reporter or Reporter()
+    labels = read_labels(labels_path or default_labels_path(model_path))
+    dataset = None
+    if split_report is not None:
+        data_split = load_split(split_report)
+    else:
+        dataset, data_split = prepare_split(data_dir, data, reporter)
+    model = load_model(model_path, device=run.device)
+    files, true_classes = data_split.files("test")
+    evaluation = evaluate_model_on(
+        model, files, np.asarray(true_classes), data_split.classes, labels, reporter,
+        cache=run.cache,
+    )  # fmt: skip
+    return Report(
+        workbench_version=__version__,
+        data_dir=str(data_dir),
+        classes=list(data_split.classes),
+        settings=settings(data),
+        split=data_split.to_json(),
+        model=str(model_path),
+        skipped_files=[str(p) for p in dataset.skipped] if dataset else [],
+        **evaluation.fields(),
     )

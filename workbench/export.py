@@ -1,123 +1,46 @@
-"""Exporter: the extractor plus a trained head as a new `.tflite`, and its labels file.
+"""Labels files and workbench's own metadata entry: what a model says about its classes.
 
-The model, its labels file and its report are written to temporary files beside their targets
-and renamed into place only when all of them are complete, so an interrupted or failed run
-never leaves a half-written model behind (nor a model with a stale labels file).
+How the files are written (checked, staged, committed as one unit) is `workbench.outputs`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from workbench import __version__
 from workbench.errors import WorkbenchError
+from workbench.outputs import check_outputs, output_files, remove_stale, write_files_atomically
 from workbench.tflite.graph import Graph
+from workbench.tflite.metadata import ModelMetadata, with_standard_metadata
 
 METADATA_NAME = "workbench"
 METADATA_FORMAT = 1
 
 
-def output_files(model_path: str | Path) -> dict[str, Path]:
-    """`OUT.tflite` -> its labels file `OUT.txt` and report `OUT.report.json`."""
-    model_path = Path(model_path)
-    name = str(model_path)
-    stem = name[: -len(".tflite")] if model_path.suffix == ".tflite" else name
-    return {
-        "model": model_path,
-        "labels": Path(f"{stem}.txt"),
-        "report": Path(f"{stem}.report.json"),
-    }
+def label_problem(name: str) -> str | None:
+    """Why `name` would not survive a labels file unchanged (None if it would).
 
-
-def check_writable(path: str | Path) -> None:
-    """Fail now, before minutes of extraction, if `path` cannot be written."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise WorkbenchError(
-            f"output {path} is a directory; give a file name like {path}/model.tflite"
-        )
-    if not parent.is_dir():
-        raise WorkbenchError(f"output folder does not exist: {parent}")
-    try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".workbench-check-"):
-            pass
-    except OSError as e:
-        raise WorkbenchError(f"cannot write to {parent}: {e.strerror or e}") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-class StagedFiles:
-    """Files written beside their targets under temporary names, renamed in `commit()`.
-
-    Leaving the `with` block without committing (an error, Ctrl-C) deletes the temporary
-    files, so either every output appears complete or none of them changes.
+    Readers of `<id> <label>` lines (Coral's included) strip each line and split at the
+    first whitespace, so a label may not start or end with whitespace, nor hold a line
+    break or another control character; spaces inside it are kept.
     """
-
-    def __init__(self) -> None:
-        self._staged: list[tuple[Path, Path]] = []
-
-    def __enter__(self) -> StagedFiles:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for tmp, _ in self._staged:
-            tmp.unlink(missing_ok=True)
-        self._staged.clear()
-
-    def stage(self, target: str | Path, data: bytes) -> Path:
-        """Write `data` to a temp file in the target's folder; returns the temp path."""
-        target = Path(target)
-        folder = target.parent if str(target.parent) else Path(".")
-        try:
-            fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
-        except OSError as e:
-            raise WorkbenchError(f"cannot write {target}: {e.strerror or e}") from None
-        tmp = Path(tmp_name)
-        self._staged.append((tmp, target))
-        try:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as e:
-            raise WorkbenchError(f"cannot write {target}: {e.strerror or e}") from None
-        return tmp
-
-    def commit(self) -> None:
-        try:
-            for tmp, target in self._staged:
-                os.replace(tmp, target)
-        except OSError as e:
-            raise WorkbenchError(
-                f"cannot write {e.filename or 'output'}: {e.strerror or e}"
-            ) from None
-        self._staged.clear()
-
-
-def write_files_atomically(contents: Mapping[Path, bytes]) -> None:
-    """Write several files so that all of them or none of them change."""
-    with StagedFiles() as staged:
-        for target, data in contents.items():
-            staged.stage(target, data)
-        staged.commit()
+    if not name.strip():
+        return "is empty"
+    if name != name.strip():
+        return "starts or ends with whitespace"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        return "holds a line break, tab or other control character"
+    return None
 
 
 def labels_text(names: list[str]) -> str:
     """Coral's labels format: `<id> <label>` per line."""
     for name in names:
-        if "\n" in name or not name.strip():
-            raise WorkbenchError(f"class name {name!r} cannot be written to a labels file")
+        problem = label_problem(name)
+        if problem:
+            raise WorkbenchError(f"class name {name!r} {problem}; labels files cannot keep it")
     return "".join(f"{i} {name}\n" for i, name in enumerate(names))
 
 
@@ -165,3 +88,46 @@ def workbench_metadata(graph: Graph) -> dict[str, Any] | None:
     except (UnicodeDecodeError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def model_bytes(graph: Graph, labels: list[str], info: dict[str, Any]) -> bytes:
+    """The bytes of a finished model: workbench's own entry, then the standard metadata.
+
+    The standard entry (with the labels packed in) is attached last: it appends an archive
+    to the flatbuffer, which any later re-packing would drop.
+    """
+    set_workbench_metadata(graph, {**info, "classes": list(labels)})
+    trainer = info.get("trainer", "workbench")
+    described = ModelMetadata(
+        name=f"workbench {trainer} classifier",
+        description=f"{len(labels)}-class image classifier: an embedding extractor with a "
+        f"last layer trained on the device by workbench {trainer}.",
+        version=__version__,
+        labels=list(labels),
+    )
+    return with_standard_metadata(graph.to_bytes(), described)
+
+
+def save_model(
+    graph: Graph,
+    output: str | Path,
+    labels: list[str],
+    info: dict[str, Any],
+    inputs: list[Any] = (),  # type: ignore[assignment]
+) -> tuple[Path, Path]:
+    """Write a trained model and its labels file together; returns (model, labels) paths.
+
+    The outputs are checked first: neither may be one of `inputs` (such as the extractor) or
+    an unrelated file of another kind (`workbench.outputs.check_outputs`).
+    """
+    files = output_files(output)
+    targets = {"model": files["model"], "labels": files["labels"]}
+    check_outputs(targets, inputs=[p for p in inputs if isinstance(p, str | Path)])
+    remove_stale(targets.values())
+    write_files_atomically(
+        {
+            files["model"]: model_bytes(graph, labels, info),
+            files["labels"]: labels_text(labels).encode(),
+        }
+    )
+    return files["model"], files["labels"]

@@ -67,6 +67,27 @@ class Preprocessing:
         )
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB, with deeper images scaled to 8 bits instead of clipped.
+
+    Pillow's own convert("RGB") clips 16-bit and 32-bit greyscale values to 255, so a
+    16-bit PNG would come out almost white. These are scaled by their type's range (16-bit:
+    65535, 32-bit integers holding 16-bit data likewise, larger ones by their maximum;
+    floats in [0, 1] by 255, others clipped to 0..255).
+    """
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            peak = 1.0 if values.size and np.nanmax(values) <= 1.0 else 255.0
+        elif image.mode == "I" and values.size and values.max() > 65535:
+            peak = float(values.max())
+        else:
+            peak = 255.0 if image.mode == "I" and values.size and values.max() <= 255 else 65535.0
+        grey = np.clip(np.nan_to_num(values) * (255.0 / peak), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def decode(path: str | Path, prep: Preprocessing) -> np.ndarray:
     """Decode an image to RGB uint8 [height, width, 3] at the model's input size.
 
@@ -83,8 +104,7 @@ def decode(path: str | Path, prep: Preprocessing) -> np.ndarray:
                     side = max(prep.width, prep.height)
                     image.draft("RGB", (side, side))
                 image = ImageOps.exif_transpose(image)
-                if image.mode != "RGB":
-                    image = image.convert("RGB")
+                image = to_rgb(image)
                 if image.size != (prep.width, prep.height):
                     image = image.resize((prep.width, prep.height), _RESAMPLE[prep.resample])
                 return np.asarray(image, dtype=np.uint8)

@@ -1,8 +1,9 @@
-"""Weight imprinting (Qi et al., 2018), as Coral does it, plus what the export needs.
+"""Weight imprinting (Qi et al., 2018), as Coral does it: class sums of normalized embeddings.
 
 A class's weight is the normalized sum of its L2-normalized embeddings, so a class can be added
 or extended at any time from its own images alone. The norm of each class's sum is kept (Coral
 stores it in the model description) so training can continue later exactly where it stopped.
+The trained head, its whitening and its export are `workbench.imprint_head`.
 """
 
 from __future__ import annotations
@@ -10,21 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from workbench.calibration import cosine_window, scale_floor, value_range
-from workbench.imprint_cv import (
-    PLAIN,
-    SHRINKAGES,
-    WhiteningChoice,
-    best_temperature,
-    choose_whitening,
-    cross_validate,
-)
-from workbench.whitening import Whitening, fit_whitening
-
-# Scale factor when no held-out image can be scored against its own class (one image per
-# class): about what 2-5 images per class calibrate to, so scores stay modest.
-DEFAULT_SCALE_FACTOR = 10.0
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -139,94 +125,3 @@ def leave_one_out_cosines(
 def widened(window: tuple[float, float], other: tuple[float, float] | None) -> tuple[float, float]:
     """The smallest range covering both (`window` itself when there is no other)."""
     return window if other is None else (min(window[0], other[0]), max(window[1], other[1]))
-
-
-@dataclass
-class ImprintingHead:
-    """A trained imprinting head: optional whitening, class state, export calibration.
-
-    `cosine_range` and `value_range` (the whitening layer's output, when whitened) are the
-    8-bit ranges of the exported layers, set from images held out of cross-validation.
-    """
-
-    classes: ImprintedClasses
-    scale_factor: float
-    cosine_range: tuple[float, float]
-    whitening: Whitening | None = None
-    value_range: tuple[float, float] | None = None
-    choice: WhiteningChoice | None = None
-
-    def features(self, embeddings: np.ndarray) -> np.ndarray:
-        """What the class vectors are compared with: whitened embeddings, or raw ones."""
-        return embeddings if self.whitening is None else self.whitening.apply(embeddings)
-
-    def scores(self, embeddings: np.ndarray) -> np.ndarray:
-        """The float head: softmax(scale_factor * cos), what the exported model approximates."""
-        return softmax(self.scale_factor * cosines(self.classes, self.features(embeddings)))
-
-    def summary(self) -> dict[str, object]:
-        """How the head was made, for the report."""
-        choice = self.choice
-        return {
-            "scale_factor": self.scale_factor,
-            "cosine_range": list(self.cosine_range),
-            "embedding_dim": self.classes.dim,
-            "whitening": None if self.whitening is None else self.whitening.shrinkage,
-            "whitening_choice": None
-            if choice is None
-            else {
-                "held_out_loss": choice.losses,
-                "held_out_images": choice.held_out_rows,
-                "reason": choice.reason,
-            },
-        }
-
-
-def calibrate(
-    cos: np.ndarray, labels: np.ndarray, own_class: np.ndarray, num_classes: int
-) -> tuple[float, tuple[float, float]]:
-    """Scale factor and cosine window from held-out cosines (see `workbench.calibration`)."""
-    scored = own_class & np.isfinite(cos[np.arange(len(labels)), labels])
-    if scored.sum() >= 2:
-        finite = np.where(np.isfinite(cos[scored]), cos[scored], -1.0)
-        scale = best_temperature(finite, labels[scored])
-    else:
-        scale = DEFAULT_SCALE_FACTOR
-    window = cosine_window(cos, labels, scored, scale)
-    return max(scale, scale_floor(window, num_classes)), window
-
-
-def train_imprinting(
-    embeddings: np.ndarray,
-    labels: np.ndarray,
-    num_classes: int,
-    whiten: bool | float = True,
-    seed: int = 0,
-) -> ImprintingHead:
-    """Imprint the classes and calibrate the exported head on held-out images.
-
-    `whiten` True: cross-validation on the training images decides whether and how strongly
-    to whiten (`workbench.imprint_cv`); False: Coral's plain imprinting; a number: whiten at
-    that shrinkage, no choice made.
-    """
-    x = np.asarray(embeddings, np.float64)
-    labels = np.asarray(labels, np.int64)
-    if whiten is True:
-        candidates: list[float | None] = [PLAIN, *SHRINKAGES]
-    else:
-        candidates = [PLAIN] if whiten is False else [float(whiten)]
-    held_out = cross_validate(x, labels, num_classes, candidates, seed)
-    choice = choose_whitening(held_out, candidates)
-    whitening = None
-    if choice.shrinkage is not PLAIN:
-        whitening = fit_whitening(x, labels, shrinkage=choice.shrinkage, center=False)
-    features = x if whitening is None else whitening.apply(x)
-    classes = imprint(features, labels, num_classes)
-    scale, window = calibrate(
-        held_out.cosines[choice.shrinkage], held_out.labels, held_out.own_class, num_classes
-    )
-    values = None
-    if whitening is not None:
-        held = held_out.value_range.get(choice.shrinkage)
-        values = value_range((float(features.min()), float(features.max())), held)
-    return ImprintingHead(classes, scale, window, whitening, values, choice)

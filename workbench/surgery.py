@@ -150,12 +150,13 @@ def write_extractor(
     The cut model is loaded and run by the interpreter before it is written. `output`
     defaults to `<classifier name>_extractor.tflite` in the current folder.
     """
-    from workbench.export import check_writable, write_files_atomically
+    from workbench.outputs import check_outputs, remove_stale, write_files_atomically
     from workbench.runtime import load_model
 
     classifier = Path(classifier)
     target = Path(output) if output is not None else Path(f"{classifier.stem}_extractor.tflite")
-    check_writable(target)
+    check_outputs({"model": target}, inputs=[classifier])
+    remove_stale([target])
     source = Graph.load(classifier)
     cut = cut_extractor(source, tensor_name)
     data = cut.graph.to_bytes()

@@ -1,0 +1,166 @@
+"""The Python API: one call per command, for notebooks, scripts and apps.
+
+Settings are keywords named like the fields of `workbench.options` (`test_ratio`,
+`max_per_class`, `seed`, `extractor`, `output`, `device`, `cache`, `force`, and each
+trainer's own); they are checked when the options are built, so a bad value fails before any
+work with an `OptionError` naming it. Progress and warnings go to a `Reporter` (silent by
+default: warnings through the `warnings` module).
+
+    >>> import workbench as wb
+    >>> result = wb.imprint("flowers/", max_per_class=20)          # doctest: +SKIP
+    >>> result.report.top1                                          # doctest: +SKIP
+    0.78
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workbench.continuing import ContinueImprinting
+from workbench.dataset import Split, prepare_split
+from workbench.evaluate import evaluate_folder
+from workbench.extraction import extract_split
+from workbench.options import (
+    BackpropOptions,
+    DataOptions,
+    ImprintOptions,
+    OptionError,
+    RunOptions,
+)
+from workbench.progress import Reporter
+from workbench.report import Report
+from workbench.runtime import load_model
+from workbench.trainers import Backprop, Imprint, bundled_source
+from workbench.training import TrainingResult, train
+
+
+def split_settings(settings: dict[str, Any], *kinds: type) -> list[Any]:
+    """Build one options object per kind from the keywords naming its fields."""
+    unknown = set(settings) - {f.name for kind in kinds for f in fields(kind)}
+    if unknown:
+        raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+    built = []
+    for kind in kinds:
+        names = {f.name for f in fields(kind)}
+        values = {k: v for k, v in settings.items() if k in names}
+        if kind is RunOptions:
+            for key in ("extractor", "output"):
+                if values.get(key) is not None:
+                    values[key] = Path(values[key])
+        built.append(kind(**values))
+    return built
+
+
+def imprint(
+    data_dir: str | Path,
+    *,
+    base: str | Path | None = None,
+    keep_classes: bool = False,
+    base_labels: str | Path | None = None,
+    reporter: Reporter | None = None,
+    **settings: Any,
+) -> TrainingResult:
+    """Weight-imprint a classifier for the class folders in `data_dir`, export and evaluate it.
+
+    `whiten` (True: when cross-validation shows it helps; False: Coral's plain head) plus the
+    data and run settings. With `base` (an imprinting model) training continues from it.
+
+        >>> result = imprint("flowers/", whiten=False, output="f.tflite")  # doctest: +SKIP
+    """
+    data, run, options = split_settings(settings, DataOptions, RunOptions, ImprintOptions)
+    if keep_classes and base is None:
+        raise OptionError("keep_classes", "needs a base model to keep the classes of", True)
+    trainer: Any = Imprint(options, data.seed)
+    if base is not None:
+        labels = Path(base_labels) if base_labels is not None else None
+        trainer = ContinueImprinting(Path(base), options, keep_classes, labels, data.seed)
+    return train(data_dir, trainer, data, run, reporter)
+
+
+def backprop(
+    data_dir: str | Path, *, reporter: Reporter | None = None, **settings: Any
+) -> TrainingResult:
+    """Train a softmax-regression last layer with SGD, export and evaluate it.
+
+    `epochs`, `learning_rate`, `batch_size`, `reg` (None: by cross-validation) plus the data
+    and run settings.
+
+        >>> result = backprop("flowers/", epochs=50, output="f.tflite")  # doctest: +SKIP
+    """
+    data, run, options = split_settings(settings, DataOptions, RunOptions, BackpropOptions)
+    return train(data_dir, Backprop(options, data.seed), data, run, reporter)
+
+
+def evaluate(
+    model: str | Path,
+    data_dir: str | Path,
+    *,
+    labels: str | Path | None = None,
+    split: str | Path | None = None,
+    reporter: Reporter | None = None,
+    **settings: Any,
+) -> Report:
+    """Accuracy of `model` on the held-out split of `data_dir` (the split training used).
+
+        >>> report = evaluate("f.tflite", "flowers/")  # doctest: +SKIP
+    """
+    data, run = split_settings(settings, DataOptions, RunOptions)
+    return evaluate_folder(model, data_dir, labels, data, split, run, reporter)
+
+
+@dataclass
+class Embeddings:
+    """A folder's embeddings with their labels and split, as the trainers see them."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: list[str]
+    split: Split
+    extractor: Path
+
+
+def embed(
+    data_dir: str | Path, *, reporter: Reporter | None = None, **settings: Any
+) -> Embeddings:
+    """Embed a folder's training and held-out images (through the cache) with the extractor.
+
+        >>> emb = embed("flowers/")                                        # doctest: +SKIP
+        >>> head = ImprintingHead.fit(emb.train_x, emb.train_y)            # doctest: +SKIP
+        >>> head.export(emb.extractor, "out.tflite", labels=emb.classes)   # doctest: +SKIP
+    """
+    reporter = reporter or Reporter()
+    data, run = split_settings(settings, DataOptions, RunOptions)
+    source = bundled_source(run)
+    _, data_split = prepare_split(data_dir, data, reporter)
+    model = load_model(source.path, device=run.device)
+    embedded = extract_split(model, data_split, reporter, run.cache)
+    return Embeddings(
+        embedded.train_x, embedded.train_y, embedded.test_x, embedded.test_y,
+        list(data_split.classes), data_split, source.path,
+    )  # fmt: skip
+
+
+def classify(
+    model: str | Path,
+    images: list[str | Path],
+    *,
+    labels: str | Path | None = None,
+    top_k: int = 3,
+    device: str | None = None,
+) -> list[dict[str, Any]]:
+    """The `top_k` classes (id, label, score) of each image, best first.
+
+        >>> top = classify("f.tflite", ["a.jpg"])  # doctest: +SKIP
+        >>> top[0]["top"][0]["label"]              # doctest: +SKIP
+        'daisy'
+    """
+    from workbench.classify import classify_images
+
+    found = classify_images(model, [Path(p) for p in images], labels, top_k, 0, device)
+    return list(found["results"])

@@ -1,0 +1,146 @@
+"""The extraction step of a run: every image of a split through the extractor, once.
+
+Training and held-out images are embedded in one pass (through the embedding cache), and
+unreadable images are skipped with a warning; the rows that decoded are mapped back to their
+files and classes. An extractor whose output is a probability distribution is refused unless
+forced: training on a classifier's 1001 scores is almost never what was meant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workbench.cache import OutputCache, default_cache_dir
+from workbench.dataset import Split
+from workbench.embeddings import run_model
+from workbench.errors import WorkbenchError
+from workbench.images import Preprocessing
+from workbench.progress import Reporter
+from workbench.runtime import LoadedModel
+from workbench.tflite.graph import Graph
+
+CacheChoice = bool | str | Path
+"""True: the default cache folder; False: no cache; a path: that cache folder."""
+# Output widths of ImageNet classifiers (with and without a background class).
+CLASSIFIER_WIDTHS = (1000, 1001)
+
+
+@dataclass
+class Embedded:
+    """Embeddings of a split's images, with the rows that decoded mapped back to files."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    test_files: list[Path]
+    unreadable: list[tuple[Path, str]]
+    seconds: float
+    cache: dict[str, Any] | None = None  # hits, misses and file of the embedding cache
+
+
+def open_cache(
+    choice: CacheChoice, model: LoadedModel, prep: Preprocessing
+) -> OutputCache | None:
+    if choice is False:
+        return None
+    root = default_cache_dir() if choice is True else Path(choice)
+    width = int(np.prod(model.output.shape[1:]))
+    return OutputCache(root, model.sha256, prep.key(), width)
+
+
+def run_cached(
+    model: LoadedModel,
+    files: list[Path],
+    cache: CacheChoice,
+    reporter: Reporter,
+    description: str,
+) -> tuple[Any, dict[str, Any] | None]:
+    """Run `model` on `files` through the cache; unreadable files are warned about."""
+    prep = Preprocessing.for_input(model.input)
+    store = open_cache(cache, model, prep)
+    with reporter.task(description, len(files)) as advance:
+        out = run_model(model, files, prep, progress=advance, cache=store)
+    info = None
+    if store is not None:
+        store.close()
+        if store.problem:
+            reporter.warn(f"embedding cache not used: {store.problem}")
+        info = {"hits": store.hits, "misses": store.misses, "file": str(store.path)}
+    for path, reason in out.failures:
+        reporter.warn(f"skipped unreadable image {path}: {reason}")
+    return out, info
+
+
+def extract_split(
+    extractor: LoadedModel, data_split: Split, reporter: Reporter, cache: CacheChoice
+) -> Embedded:
+    """Embed the training and held-out images in one pass; unreadable ones are skipped."""
+    train_files, train_labels = data_split.files("train")
+    test_files, test_labels = data_split.files("test")
+    files = train_files + test_files
+    labels = np.asarray(train_labels + test_labels, np.int64)
+    start = time.perf_counter()
+    out, cache_info = run_cached(extractor, files, cache, reporter, "extracting embeddings")
+    seconds = time.perf_counter() - start
+    kept = np.asarray(out.kept, np.int64)
+    is_train = kept < len(train_files)
+    for class_id, name in enumerate(data_split.classes):
+        if not np.any(labels[kept[is_train]] == class_id):
+            raise WorkbenchError(f"class {name!r} has no readable training images")
+    return Embedded(
+        train_x=out.vectors[is_train],
+        train_y=labels[kept[is_train]],
+        test_x=out.vectors[~is_train],
+        test_y=labels[kept[~is_train]],
+        test_files=[files[i] for i in kept[~is_train]],
+        unreadable=out.failures,
+        seconds=seconds,
+        cache=cache_info,
+    )
+
+
+def classifier_problem(graph: Graph) -> str | None:
+    """Why the model looks like a classifier rather than an embedding extractor (or None)."""
+    output = graph.outputs[0]
+    producer = graph.producer(output)
+    last = graph.op_name(graph.operators[producer]) if producer is not None else None
+    width = int(np.prod(graph.shape(output)[1:])) if graph.shape(output) else 0
+    if last in ("SOFTMAX", "LOGISTIC"):
+        return f"its output is {last} probabilities over {width} classes"
+    if width in CLASSIFIER_WIDTHS:
+        return f"its output has {width} values, like an ImageNet classifier's scores"
+    return None
+
+
+def check_extractor(graph: Graph, path: Path, force: bool) -> None:
+    """Refuse a classifier given as the extractor, unless forced."""
+    problem = classifier_problem(graph)
+    if problem and not force:
+        raise WorkbenchError(
+            f"{path} looks like a classifier, not an embedding extractor ({problem}); cut it "
+            f"with `workbench extractor {path}` first, or pass --force to train on its outputs"
+        )
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def extractor_info(extractor: LoadedModel, prep: Preprocessing) -> dict[str, Any]:
+    """What the report and the model record about the extractor a head was trained on."""
+    return {
+        "extractor": str(extractor.path),
+        "extractor_sha256": file_sha256(extractor.path),
+        "preprocessing": prep.key(),
+    }

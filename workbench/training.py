@@ -1,0 +1,232 @@
+"""The one training runner: split -> embed -> fit head -> export -> evaluate -> write.
+
+Both trainers run through `train`: a `Trainer` says which extractor to run and how to fit its
+head on the embeddings; everything else (the split, checking the outputs before any work,
+extraction through the cache, evaluating the exported model itself, writing all outputs as
+one unit) is the same for both and lives here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from workbench import __version__
+from workbench.dataset import Dataset, Split, prepare_split
+from workbench.evaluate import evaluate_model_on
+from workbench.export import labels_text, model_bytes
+from workbench.extraction import Embedded, check_extractor, extract_split, extractor_info
+from workbench.images import Preprocessing
+from workbench.options import DataOptions, RunOptions, settings
+from workbench.outputs import StagedFiles, check_outputs, output_files, remove_stale
+from workbench.progress import Reporter
+from workbench.report import Report
+from workbench.report_html import render_report
+from workbench.runtime import LoadedModel, load_model
+from workbench.tflite.graph import Graph
+from workbench.tflite.heads import embedding_output
+
+# Below this agreement between the exported model and its float head, a run exits 1.
+AGREEMENT_FLOOR = 0.97
+
+
+class Head(Protocol):
+    """What the runner needs of a fitted head (ImprintingHead, SoftmaxHead)."""
+
+    def scores(self, embeddings: np.ndarray) -> np.ndarray: ...
+    def summary(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class Source:
+    """The extractor a run uses: a file, or a graph built from one (cut from a base model)."""
+
+    path: Path
+    graph: Graph | None = None
+    inputs: tuple[Path, ...] = ()  # other files the run reads, never to be written over
+
+
+@dataclass
+class Prepared:
+    """A run after its extraction step: what a trainer fits on."""
+
+    dataset: Dataset
+    split: Split
+    graph: Graph
+    model: LoadedModel
+    embedding_tensor: int
+    embedded: Embedded
+    info: dict[str, Any]  # extractor path, hash and preprocessing
+
+
+@dataclass
+class Fitted:
+    """A trainer's result: the head, the model's classes, and what the report adds."""
+
+    head: Head
+    classes: list[str]  # the model's classes, in output order
+    folder_to_model: np.ndarray  # class id in the data folder -> class id in the model
+    metadata: dict[str, Any]  # for the model's workbench entry (trainer, tensors, base)
+    report: dict[str, Any] = field(default_factory=dict)  # extra report fields
+
+
+class Trainer(Protocol):
+    """A way of making a head: imprinting, continued imprinting, backprop."""
+
+    name: str
+
+    def source(self, run: RunOptions) -> Source: ...
+    def fit(self, prepared: Prepared, reporter: Reporter) -> Fitted: ...
+    def append(self, fitted: Fitted, graph: Graph) -> dict[str, Any]: ...
+    def settings(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class TrainingResult:
+    """What a training run wrote, and its report."""
+
+    model: Path
+    labels: Path
+    report_path: Path
+    html_path: Path
+    report: Report
+
+
+def default_output(data_dir: str | Path, trainer: str) -> Path:
+    """`./<data dir name>_<trainer>.tflite` in the current folder."""
+    name = Path(data_dir).resolve().name or "model"
+    return Path(f"{name}_{trainer}.tflite")
+
+
+def prepare(
+    data_dir: str | Path,
+    source: Source,
+    data: DataOptions,
+    run: RunOptions,
+    output: Path | None,
+    reporter: Reporter,
+) -> Prepared:
+    """Split the folder, check the outputs before any work, embed every image once."""
+    dataset, data_split = prepare_split(data_dir, data, reporter)
+    if output is not None:
+        targets = output_files(output)
+        inputs = [source.path, *source.inputs]
+        check_outputs(targets, inputs=inputs, data_dirs=[data_dir])
+        remove_stale(targets.values())
+    graph = source.graph or Graph.load(source.path)
+    content = None if source.graph is None else graph.to_bytes()
+    model = load_model(source.path, device=run.device, content=content)
+    if source.graph is None:
+        check_extractor(graph, source.path, run.force)
+    tensor, _ = embedding_output(graph)
+    embedded = extract_split(model, data_split, reporter, run.cache)
+    info = extractor_info(model, Preprocessing.for_input(model.input))
+    return Prepared(dataset, data_split, graph, model, tensor, embedded, info)
+
+
+def train(
+    data_dir: str | Path,
+    trainer: Trainer,
+    data: DataOptions = DataOptions(),
+    run: RunOptions = RunOptions(),
+    reporter: Reporter | None = None,
+) -> TrainingResult:
+    """Train `trainer`'s head on the folder, export it, evaluate the export, write it all."""
+    reporter = reporter or Reporter()
+    output = run.output or default_output(data_dir, trainer.name)
+    prepared = prepare(data_dir, trainer.source(run), data, run, output, reporter)
+    start = time.perf_counter()
+    fitted = trainer.fit(prepared, reporter)
+    train_seconds = time.perf_counter() - start
+    graph = Graph.from_bytes(prepared.graph.to_bytes())
+    metadata = {
+        **fitted.metadata, **trainer.append(fitted, graph), **prepared.info,
+        "trainer": trainer.name, "embedding_tensor": prepared.embedding_tensor,
+    }  # fmt: skip
+    report = new_report(data_dir, trainer, prepared, fitted, data)
+    report.timing["train_s"] = round(train_seconds, 3)
+    return write_run(graph, output, fitted, metadata, prepared, report, run, reporter)
+
+
+def new_report(
+    data_dir: str | Path, trainer: Trainer, prepared: Prepared, fitted: Fitted, data: DataOptions
+) -> Report:
+    """The report's fields known before evaluation."""
+    embedded = prepared.embedded
+    counts: dict[str, Any] = prepared.split.counts()
+    counts["unreadable"] = len(embedded.unreadable)
+    return Report(
+        workbench_version=__version__,
+        trainer=trainer.name,
+        data_dir=str(data_dir),
+        classes=list(prepared.split.classes),
+        settings={**settings(data), **trainer.settings()},
+        split=prepared.split.to_json(),
+        counts=counts,
+        skipped_files=[str(p) for p in prepared.dataset.skipped],
+        unreadable=[{"file": str(p), "error": e} for p, e in embedded.unreadable],
+        timing={"extract_s": round(embedded.seconds, 3)},
+        cache=embedded.cache,
+        head=fitted.head.summary(),
+        **prepared.info,
+        **fitted.report,
+    )
+
+
+def write_run(
+    graph: Graph,
+    output: Path,
+    fitted: Fitted,
+    metadata: dict[str, Any],
+    prepared: Prepared,
+    report: Report,
+    run: RunOptions,
+    reporter: Reporter,
+) -> TrainingResult:
+    """Stage model and labels, evaluate the staged model itself, then commit all outputs."""
+    files = output_files(output)
+    embedded = prepared.embedded
+    test_y = fitted.folder_to_model[embedded.test_y]
+    float_scores = fitted.head.scores(embedded.test_x)
+    with StagedFiles() as staged:
+        data = model_bytes(graph, fitted.classes, metadata)
+        staged_model = staged.stage(files["model"], data)
+        staged.stage(files["labels"], labels_text(fitted.classes).encode())
+        start = time.perf_counter()
+        exported = load_model(staged_model, device=run.device)
+        evaluation = evaluate_model_on(
+            exported, embedded.test_files, test_y, fitted.classes, fitted.classes, reporter,
+            float_top1=np.argmax(float_scores, axis=1),
+        )  # fmt: skip
+        for key, value in evaluation.fields().items():
+            setattr(report, key, value)
+        report.classes = list(fitted.classes)
+        report.float_top1_accuracy = float(np.mean(np.argmax(float_scores, axis=1) == test_y))
+        report.agreement_ok = check_agreement(evaluation.agreement, reporter)
+        report.timing["evaluate_s"] = round(time.perf_counter() - start, 3)
+        report.model, report.labels = str(files["model"]), str(files["labels"])
+        staged.stage(files["report"], report.dumps().encode())
+        staged.stage(files["html"], render_report(report.to_json()).encode())
+        staged.commit()
+    return TrainingResult(files["model"], files["labels"], files["report"], files["html"], report)
+
+
+def check_agreement(agreement: float | None, reporter: Reporter) -> bool:
+    """False (with a warning) when the 8-bit model disagrees with its float head too often.
+
+    The exported layers' 8-bit ranges are chosen for unseen images; if held-out images
+    still fall outside them, the model written is worse than the head it was made from.
+    """
+    if agreement is None or agreement >= AGREEMENT_FLOOR:
+        return True
+    reporter.warn(
+        f"the exported 8-bit model gives the float head's top class on only "
+        f"{100 * agreement:.1f}% of held-out images (expected at least "
+        f"{100 * AGREEMENT_FLOOR:.0f}%): its 8-bit ranges do not fit these images; the model "
+        "was written, but check the report before using it"
+    )
+    return False
