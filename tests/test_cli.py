@@ -117,8 +117,18 @@ def test_evaluate_reproduces_the_training_split(trained: Path, colors: Path) -> 
         "evaluate", trained, colors, "--split", trained.with_name("colors.report.json"), "--json"
     )
     assert json.loads(reused.stdout)["split"]["test"] == report["split"]["test"]
-    other_seed = json.loads(invoke("evaluate", trained, colors, "--seed", "5", "--json").stdout)
+    # another seed would score images the model was trained on: refused, unless allowed
+    refused = invoke("evaluate", trained, colors, "--seed", "5", "--json")
+    assert refused.exit_code == 2 and "were training images of this model" in refused.stderr
+    allowed = invoke("evaluate", trained, colors, "--seed", "5", "--allow-overlap", "--json")
+    other_seed = json.loads(allowed.stdout)
     assert other_seed["split"]["test"] != report["split"]["test"]
+    assert other_seed["evaluation"]["overlap"] > 0 and other_seed["evaluation"]["overlap_allowed"]
+    assert again["evaluation"] == {
+        "method": "model's split",
+        "overlap": 0,
+        "overlap_allowed": False,
+    }
 
 
 @pytest.mark.parametrize("kind", ["int8", "float32_2d", "uint8_2d"])
@@ -211,7 +221,7 @@ def test_bad_inputs_give_one_line_and_exit_2(
         (("imprint", colors, "-e", models["uint8"], "-o", tmp_path), ["is a directory"]),
         (("imprint", colors, "-e", models["uint8"], "--test-ratio", "1.5", "-o", out),
          ["--test-ratio"]),
-        (("classify", models["uint8"], tmp_path / "nope.png"), ["cannot read image"]),
+        (("classify", models["uint8"], tmp_path / "nope.png"), ["not found"]),
         (("evaluate", models["uint8"], colors, "--labels", tmp_path / "none.txt"),
          ["labels file not found"]),
     ]  # fmt: skip

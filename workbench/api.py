@@ -101,15 +101,26 @@ def evaluate(
     *,
     labels: str | Path | None = None,
     split: str | Path | None = None,
+    all_images: bool = False,
+    allow_overlap: bool = False,
     reporter: Reporter | None = None,
     **settings: Any,
 ) -> Report:
-    """Accuracy of `model` on the held-out split of `data_dir` (the split training used).
+    """Accuracy of `model` on held-out images of `data_dir`: by default the split it trained with.
+
+    Split settings given here (`test_ratio`, `max_per_class`, `seed`) replace the model's
+    own; `split` takes a training report's split; `all_images` scores the whole folder. Images
+    the model was trained on are refused unless `allow_overlap`.
 
         >>> report = evaluate("f.tflite", "flowers/")  # doctest: +SKIP
     """
-    data, run = split_settings(settings, DataOptions, RunOptions)
-    return evaluate_folder(model, data_dir, labels, data, split, run, reporter)
+    split_fields = {f.name for f in fields(DataOptions)}
+    overrides = {k: v for k, v in settings.items() if k in split_fields}
+    DataOptions(**overrides)  # checked now, before any work
+    (run,) = split_settings({k: v for k, v in settings.items() if k not in overrides}, RunOptions)
+    return evaluate_folder(
+        model, data_dir, labels, overrides, split, run, reporter, allow_overlap, all_images
+    )
 
 
 @dataclass
@@ -125,14 +136,12 @@ class Embeddings:
     extractor: Path
 
 
-def embed(
-    data_dir: str | Path, *, reporter: Reporter | None = None, **settings: Any
-) -> Embeddings:
+def embed(data_dir: str | Path, *, reporter: Reporter | None = None, **settings: Any) -> Embeddings:
     """Embed a folder's training and held-out images (through the cache) with the extractor.
 
-        >>> emb = embed("flowers/")                                        # doctest: +SKIP
-        >>> head = ImprintingHead.fit(emb.train_x, emb.train_y)            # doctest: +SKIP
-        >>> head.export(emb.extractor, "out.tflite", labels=emb.classes)   # doctest: +SKIP
+    >>> emb = embed("flowers/")                                        # doctest: +SKIP
+    >>> head = ImprintingHead.fit(emb.train_x, emb.train_y)            # doctest: +SKIP
+    >>> head.export(emb.extractor, "out.tflite", labels=emb.classes)   # doctest: +SKIP
     """
     reporter = reporter or Reporter()
     data, run = split_settings(settings, DataOptions, RunOptions)
@@ -152,9 +161,14 @@ def classify(
     *,
     labels: str | Path | None = None,
     top_k: int = 3,
+    threshold: float = 0.0,
     device: str | None = None,
+    reporter: Reporter | None = None,
 ) -> list[dict[str, Any]]:
-    """The `top_k` classes (id, label, score) of each image, best first.
+    """The `top_k` classes (id, label, score) of each image or folder of images, best first.
+
+    Unreadable images are skipped (with a warning); labels come from `labels`, else the
+    labels file beside the model, else the model's metadata.
 
         >>> top = classify("f.tflite", ["a.jpg"])  # doctest: +SKIP
         >>> top[0]["top"][0]["label"]              # doctest: +SKIP
@@ -162,5 +176,6 @@ def classify(
     """
     from workbench.classify import classify_images
 
-    found = classify_images(model, [Path(p) for p in images], labels, top_k, 0, device)
+    paths = [Path(p) for p in images]
+    found = classify_images(model, paths, labels, top_k, threshold, 0, device, reporter)
     return list(found["results"])

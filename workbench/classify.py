@@ -1,4 +1,8 @@
-"""Classify image files with a model and time its inference.
+"""Classify image files (or folders of them) with a model, and time its inference.
+
+Folders are searched recursively, in a stable (sorted) order; an unreadable image is skipped
+with a warning and the rest classified. Labels come from `--labels`, else the labels file
+beside the model, else the labels packed in the model's own metadata, else class ids.
 
 The first invoke is timed on its own: it allocates kernels' scratch buffers, and on an Edge
 TPU it loads the model into the accelerator's memory, so it is several times slower than the
@@ -15,64 +19,89 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from workbench.dataset import is_image_file
+from workbench.embeddings import decode_ahead
 from workbench.errors import WorkbenchError
 from workbench.evaluate import ranked
 from workbench.export import default_labels_path, read_labels
-from workbench.images import ImageError, Preprocessing, load_input
+from workbench.images import ImageError, Preprocessing
+from workbench.progress import Reporter
 from workbench.runtime import load_model
+from workbench.tflite.graph import read_model_bytes
+from workbench.tflite.metadata import labels_from_model
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """Files as given; folders expanded to the images inside them, recursively, sorted."""
+    found: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            raise WorkbenchError(f"image or folder not found: {path}")
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            if not inside:
+                raise WorkbenchError(f"no images in folder {path}")
+            found.extend(inside)
+        else:
+            found.append(path)
+    return found
+
+
+def model_labels(model_path: Path, labels_path: Path | None) -> tuple[list[str] | None, str]:
+    """The model's class names and where they came from."""
+    if labels_path is not None:
+        return read_labels(labels_path), str(labels_path)
+    beside = default_labels_path(model_path)
+    if beside.exists():
+        return read_labels(beside), str(beside)
+    try:
+        packed = labels_from_model(read_model_bytes(model_path))
+    except WorkbenchError:
+        packed = None
+    return (packed, "the model's metadata") if packed else (None, "none: class ids shown")
 
 
 def classify_images(
     model_path: str | Path,
-    images: list[Path],
+    paths: list[Path],
     labels_path: str | Path | None = None,
     top_k: int = 3,
+    threshold: float = 0.0,
     repeat: int = 10,
     device: str | None = None,
+    reporter: Reporter | None = None,
 ) -> dict[str, Any]:
-    """Top-k labels and scores per image, plus first-invoke and steady-state latency."""
-    if top_k < 1:
-        raise WorkbenchError("--top-k must be at least 1")
-    labels_file = Path(labels_path) if labels_path else default_labels_path(model_path)
-    labels = read_labels(labels_file) if labels_path or labels_file.exists() else None
+    """Top-k classes (score >= threshold) per image, plus first and steady-state latency."""
+    reporter = reporter or Reporter()
+    model_path = Path(model_path)
+    labels, source = model_labels(model_path, Path(labels_path) if labels_path else None)
     model = load_model(model_path, device=device)
-    prep = Preprocessing.for_input(model.input)
-    inputs = []
-    for path in images:
-        try:
-            inputs.append(load_input(path, prep))
-        except ImageError as e:
-            raise WorkbenchError(f"cannot read image {path}: {e}") from None
-    results = []
-    times: list[float] = []
-    for path, batch in zip(images, inputs, strict=True):
-        raw, seconds = model.timed_run(batch)
-        times.append(seconds)
-        scores = model.output.dequantize(raw).reshape(-1)
-        if labels is not None and len(labels) != scores.size:
-            raise WorkbenchError(
-                f"{labels_file} has {len(labels)} labels but the model gives {scores.size} scores"
-            )
-        order = ranked(scores[np.newaxis])[0][:top_k]
-        results.append(
-            {
-                "image": str(path),
-                "top": [
-                    {
-                        "id": int(i),
-                        "label": labels[i] if labels is not None else str(int(i)),
-                        "score": float(scores[i]),
-                    }
-                    for i in order
-                ],
-            }
+    width = int(np.prod(model.output.shape[1:]))
+    if labels is not None and len(labels) != width:
+        raise WorkbenchError(
+            f"{source} has {len(labels)} labels but the model gives {width} scores"
         )
-    steady = [model.timed_run(inputs[-1])[1] for _ in range(max(0, repeat))]
+    files = image_files(paths)
+    results, times, last = [], [], None
+    for index, item in decode_ahead(files, Preprocessing.for_input(model.input)):
+        if isinstance(item, ImageError):
+            reporter.warn(f"skipped unreadable image {files[index]}: {item}")
+            continue
+        raw, seconds = model.timed_run(item)
+        times.append(seconds)
+        last = item
+        scores = model.output.dequantize(raw).reshape(-1)
+        results.append({"file": str(files[index]), "top": _top(scores, labels, top_k, threshold)})
+    if not results:
+        raise WorkbenchError(f"none of the {len(files)} images could be read")
+    steady = [model.timed_run(last)[1] for _ in range(max(0, repeat))] if last is not None else []
     steady_all = times[1:] + steady
     return {
         "model": str(model_path),
+        "labels": source,
         "edgetpu": model.edgetpu,
         "results": results,
+        "skipped": len(files) - len(results),
         "timing": {
             "first_invoke_ms": round(1000 * times[0], 3),
             "steady_state_ms": round(1000 * statistics.median(steady_all), 3)
@@ -83,12 +112,27 @@ def classify_images(
     }
 
 
+def _top(
+    scores: np.ndarray, labels: list[str] | None, top_k: int, threshold: float
+) -> list[dict[str, Any]]:
+    order = ranked(scores[np.newaxis])[0][:top_k]
+    return [
+        {
+            "id": int(i),
+            "label": labels[i] if labels is not None else str(int(i)),
+            "score": float(scores[i]),
+        }
+        for i in order
+        if scores[i] >= threshold
+    ]
+
+
 def print_classification(console: Console, result: dict[str, Any]) -> None:
     for item in result["results"]:
-        console.print(item["image"], markup=False, highlight=False, soft_wrap=True)
+        console.print(item["file"], markup=False, highlight=False, soft_wrap=True)
         table = Table()
         table.add_column("rank", justify="right")
-        table.add_column("label")
+        table.add_column("label", overflow="fold")
         table.add_column("id", justify="right")
         table.add_column("score", justify="right")
         for rank, entry in enumerate(item["top"], start=1):

@@ -26,6 +26,7 @@ from workbench.options import (
     ImprintOptions,
     OptionError,
     RunOptions,
+    real,
     whole,
 )
 
@@ -308,31 +309,78 @@ def evaluate(
     labels: Annotated[
         Path | None, typer.Option("--labels", help="Labels file (default: MODEL.txt).")
     ] = None,
-    test_ratio: TestRatioOpt = DataOptions.test_ratio,
-    max_per_class: MaxPerClassOpt = DataOptions.max_per_class,
-    seed: SeedOpt = DataOptions.seed,
+    test_ratio: Annotated[
+        float | None, typer.Option("--test-ratio", help="Another split (default: the model's).")
+    ] = None,
+    max_per_class: Annotated[
+        int | None, typer.Option("--max-per-class", help="Another cap (default: the model's).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Another seed (default: the model's).")
+    ] = None,
     split: Annotated[
         Path | None,
         typer.Option("--split", help="Reuse the held-out split recorded in a training report."),
+    ] = None,
+    all_images: Annotated[
+        bool, typer.Option("--all", help="Score every image: a folder the model never saw.")
+    ] = False,
+    allow_overlap: Annotated[
+        bool,
+        typer.Option("--allow-overlap", help="Score images the model was trained on anyway."),
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Report to write (default: MODEL.eval.report.json)."),
     ] = None,
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
     device: DeviceOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Accuracy of a model on the held-out split of a data folder (the split training used)."""
+    """Accuracy of a model on held-out images of a data folder (by default its own split)."""
     from workbench import api
     from workbench.display import ConsoleReporter, print_report
 
+    given = {"test_ratio": test_ratio, "max_per_class": max_per_class, "seed": seed}
+    target = _evaluation_target(model, output, data_dir, labels)
     report = api.evaluate(
-        model, data_dir, labels=labels, split=split, reporter=ConsoleReporter(stderr()),
-        test_ratio=test_ratio, max_per_class=max_per_class, seed=seed, device=device,
+        model, data_dir, labels=labels, split=split, all_images=all_images,
+        allow_overlap=allow_overlap, reporter=ConsoleReporter(stderr()), device=device,
         cache=_cache_choice(cache_dir, no_cache),
+        **{k: v for k, v in given.items() if v is not None},
     )  # fmt: skip
+    html = _write_report(report, target)
     if json_output:
         emit_json(report.to_json())
     else:
         print_report(stdout(), report)
+        stdout().print(f"report: {target} and {html}", markup=False, highlight=False)
+
+
+def _evaluation_target(
+    model: Path, output: Path | None, data_dir: Path, labels: Path | None
+) -> Path:
+    """Where evaluate's report goes, checked before any work (never on an input)."""
+    from workbench.outputs import check_outputs
+
+    name = str(model)
+    stem = name[: -len(".tflite")] if name.endswith(".tflite") else name
+    target = output or Path(f"{stem}.eval.report.json")
+    html = target.with_name(target.name.removesuffix(".json") + ".html")
+    inputs = [model, *([labels] if labels else [])]
+    check_outputs({"report": target, "html": html}, inputs=inputs, data_dirs=[data_dir])
+    return target
+
+
+def _write_report(report: Any, target: Path) -> Path:
+    from workbench.outputs import write_files_atomically
+    from workbench.report_html import render_report
+
+    html = target.with_name(target.name.removesuffix(".json") + ".html")
+    page = render_report(report.to_json())
+    write_files_atomically({target: report.dumps().encode(), html: page.encode()})
+    return html
 
 
 @app.command()
@@ -420,11 +468,19 @@ def report(
 @handles_bad_input
 def classify(
     model: Annotated[Path, typer.Argument(help="Classification model .tflite.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="Images, or folders searched recursively for images.")
+    ],
     labels: Annotated[
-        Path | None, typer.Option("--labels", help="Labels file (default: MODEL.txt).")
+        Path | None,
+        typer.Option(
+            "--labels", help="Labels file (default: MODEL.txt, else the model's metadata)."
+        ),
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to show per image.")] = 3,
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="Show only classes scoring at least this.")
+    ] = 0.0,
     repeat: Annotated[
         int, typer.Option("--repeat", help="Extra invokes for the steady-state timing.")
     ] = 10,
@@ -433,10 +489,15 @@ def classify(
 ) -> None:
     """Top classes of each image with scores, and the inference time."""
     from workbench.classify import classify_images, print_classification
+    from workbench.display import ConsoleReporter
 
     _checked(whole, "top_k", top_k, 1, 100_000)
     _checked(whole, "repeat", repeat, 0, 100_000)
-    result = classify_images(model, images, labels, top_k=top_k, repeat=repeat, device=device)
+    _checked(real, "threshold", threshold, 0.0, 1.0)
+    result = classify_images(
+        model, paths, labels, top_k=top_k, threshold=threshold, repeat=repeat, device=device,
+        reporter=ConsoleReporter(stderr()),
+    )  # fmt: skip
     if json_output:
         emit_json(result)
     else:

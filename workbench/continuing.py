@@ -28,7 +28,7 @@ from workbench.progress import Reporter
 from workbench.surgery import cut_at
 from workbench.tflite.graph import Graph
 from workbench.tflite.quant import representable
-from workbench.training import Fitted, Prepared, Source
+from workbench.training import Fitted, Prepared, Source, trained_on
 from workbench.whitening import Whitening
 
 
@@ -104,7 +104,9 @@ class ContinueImprinting:
             "extracted_images": len(embedded.train_y) + len(embedded.test_y),
             "base_classes": base.labels if self.keep_classes else [],
         }
-        return Fitted(head, merged, folder_to_model, {"base": str(self.base_path)}, extra)
+        inherited = trained_on(base.graph) if self.keep_classes else None
+        metadata = {"base": str(self.base_path)}
+        return Fitted(head, merged, folder_to_model, metadata, extra, inherited)
 
     def _merged(self, names: list[str], base: Base) -> list[str]:
         if not self.keep_classes:

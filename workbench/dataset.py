@@ -8,10 +8,15 @@ the same arguments sees exactly the images that training held out.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from workbench.errors import WorkbenchError
 from workbench.export import label_problem
@@ -182,3 +187,30 @@ def load_split(report_path: str | Path) -> Split:
     if not isinstance(report, dict) or "split" not in report:
         raise WorkbenchError(f"{path} has no 'split' entry (is it a workbench report?)")
     return Split.from_json(report["split"], report.get("classes"))
+
+
+# Bytes of a file's start that its fingerprint covers, besides its size: enough to tell two
+# photos apart, cheap enough to take for every training image.
+FINGERPRINT_BYTES = 1 << 16
+
+
+def fingerprints(paths: list[Path]) -> np.ndarray:
+    """A 64-bit fingerprint of each file (size and first 64 KiB), sorted; unreadable: none.
+
+    Models record their training images' fingerprints, so `evaluate` can tell when images
+    it is asked to score were trained on, wherever the folder was copied or moved.
+    """
+
+    def one(path: Path) -> int | None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(FINGERPRINT_BYTES)
+                size = os.fstat(f.fileno()).st_size
+        except OSError:
+            return None
+        digest = hashlib.blake2b(head, digest_size=8, key=str(size).encode())
+        return int.from_bytes(digest.digest(), "little")
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        found = [v for v in pool.map(one, paths) if v is not None]
+    return np.unique(np.asarray(found, dtype=np.uint64))

@@ -14,12 +14,14 @@ from typing import Any
 import numpy as np
 
 from workbench import __version__
+from workbench.dataset import Dataset, Split, fingerprints, load_split, prepare_split, scan
 from workbench.errors import WorkbenchError
 from workbench.extraction import CacheChoice, run_cached
 from workbench.options import DataOptions, RunOptions, settings
 from workbench.progress import Reporter
 from workbench.report import Report
 from workbench.runtime import LoadedModel, load_model
+from workbench.tflite.graph import Graph
 
 OTHER = "(other)"
 MAX_K = 5
@@ -160,39 +162,110 @@ def evaluate_model_on(
     )
 
 
+@dataclass(frozen=True)
+class EvaluationSet:
+    """Which images `evaluate` scores, and how they were chosen."""
+
+    split: Split
+    method: str  # "model's split", "given split", "default split", "report's split", "all images"
+    dataset: Dataset | None = None
+    data: DataOptions | None = None
+
+
+def choose_images(
+    model_info: dict[str, Any],
+    data_dir: str | Path,
+    overrides: dict[str, Any],
+    split_report: str | Path | None,
+    all_images: bool,
+    reporter: Reporter,
+) -> EvaluationSet:
+    """The images to evaluate on: the model's own held-out split unless told otherwise.
+
+    `overrides` (test_ratio, max_per_class, seed) replace the model's recorded split settings.
+    """
+    if split_report is not None:
+        return EvaluationSet(load_split(split_report), "report's split")
+    if all_images:
+        dataset = scan(data_dir)
+        whole = Split(dataset.classes, {}, dict(dataset.images))
+        return EvaluationSet(whole, "all images", dataset)
+    recorded = model_info.get("split")
+    if not isinstance(recorded, dict):
+        recorded = {}
+        reporter.warn("the model records no split (not made by workbench): default split used")
+    data = DataOptions(**{**recorded, **overrides})
+    method = "given split" if overrides else ("model's split" if recorded else "default split")
+    dataset, data_split = prepare_split(data_dir, data, reporter)
+    return EvaluationSet(data_split, method, dataset, data)
+
+
+def check_overlap(
+    graph: Graph, chosen: EvaluationSet, allow: bool, reporter: Reporter
+) -> dict[str, Any]:
+    """Refuse to score images the model was trained on (unless allowed); say what was found."""
+    from workbench.training import trained_on
+
+    known = trained_on(graph)
+    files, _ = chosen.split.files("test")
+    if known is None:
+        reporter.warn("the model records no training images: cannot check that none is scored")
+        return {"method": chosen.method, "overlap": None}
+    overlap = int(np.isin(fingerprints(files), known).sum())
+    if overlap and not allow:
+        raise WorkbenchError(
+            f"{overlap} of the {len(files)} images to evaluate ({chosen.method}) were training "
+            "images of this model, which would inflate its accuracy; evaluate on the model's "
+            "own split (leave out --test-ratio, --max-per-class and --seed), or pass "
+            "--allow-overlap to score them anyway"
+        )
+    if overlap:
+        reporter.warn(f"{overlap} of the images scored were training images of this model")
+    return {"method": chosen.method, "overlap": overlap, "overlap_allowed": bool(overlap)}
+
+
 def evaluate_folder(
     model_path: str | Path,
     data_dir: str | Path,
     labels_path: str | Path | None = None,
-    data: DataOptions = DataOptions(),
+    overrides: dict[str, Any] | None = None,
     split_report: str | Path | None = None,
     run: RunOptions = RunOptions(),
     reporter: Reporter | None = None,
+    allow_overlap: bool = False,
+    all_images: bool = False,
 ) -> Report:
-    """Evaluate a model on the held-out part of `data_dir` (the split training used)."""
-    from workbench.dataset import load_split, prepare_split
-    from workbench.export import default_labels_path, read_labels
+    """Evaluate a model on held-out images of `data_dir`: by default the split it trained with.
+
+    `overrides` of the split settings, `split_report` (a report's split) or `all_images` (a
+    folder the model never saw) choose other images; any image the model was trained on is
+    refused unless `allow_overlap`.
+    """
+    from workbench.export import default_labels_path, read_labels, workbench_metadata
 
     reporter = reporter or Reporter()
     labels = read_labels(labels_path or default_labels_path(model_path))
-    dataset = None
-    if split_report is not None:
-        data_split = load_split(split_report)
-    else:
-        dataset, data_split = prepare_split(data_dir, data, reporter)
+    graph = Graph.load(model_path)
+    chosen = choose_images(
+        workbench_metadata(graph) or {}, data_dir, overrides or {}, split_report, all_images,
+        reporter,
+    )  # fmt: skip
+    checked = check_overlap(graph, chosen, allow_overlap, reporter)
     model = load_model(model_path, device=run.device)
-    files, true_classes = data_split.files("test")
+    files, true_classes = chosen.split.files("test")
     evaluation = evaluate_model_on(
-        model, files, np.asarray(true_classes), data_split.classes, labels, reporter,
+        model, files, np.asarray(true_classes), chosen.split.classes, labels, reporter,
         cache=run.cache,
     )  # fmt: skip
     return Report(
         workbench_version=__version__,
         data_dir=str(data_dir),
-        classes=list(data_split.classes),
-        settings=settings(data),
-        split=data_split.to_json(),
+        classes=list(chosen.split.classes),
+        settings=settings(chosen.data) if chosen.data is not None else {},
+        split=chosen.split.to_json(),
         model=str(model_path),
-        skipped_files=[str(p) for p in dataset.skipped] if dataset else [],
+        counts={"test": {c: len(v) for c, v in chosen.split.test.items()}},
+        skipped_files=[str(p) for p in chosen.dataset.skipped] if chosen.dataset else [],
+        evaluation=checked,
         **evaluation.fields(),
     )

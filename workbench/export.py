@@ -131,3 +131,22 @@ def save_model(
         }
     )
     return files["model"], files["labels"]
+
+
+def pycoral_model_bytes(graph: Graph, trainer: str) -> bytes:
+    """A model from the pycoral-compatible engines: standard metadata, no labels (unknown).
+
+    pycoral's engines serialize without class names (scripts write the labels file), so the
+    metadata describes the input and the probability output, and names no labels file.
+    """
+    described = ModelMetadata(
+        name=f"workbench {trainer} classifier",
+        description=f"Image classifier with a last layer trained by workbench's pycoral-"
+        f"compatible {trainer} engine.",
+        version=__version__,
+    )
+    data = graph.to_bytes()
+    try:
+        return with_standard_metadata(data, described)
+    except WorkbenchError:  # not an image classifier (a test model): nothing standard to say
+        return data

@@ -116,9 +116,11 @@ class ImprintingHead:
         if choice.shrinkage is not PLAIN:
             whitening = fit_whitening(x, y, shrinkage=choice.shrinkage, center=False)
         features = x if whitening is None else whitening.apply(x)
+        floor = 0.0 if choice.shrinkage is PLAIN and x.min() >= 0 else -1.0
         scale, window = calibrate(
-            held_out.cosines[choice.shrinkage], held_out.labels, held_out.own_class, num_classes
-        )
+            held_out.cosines[choice.shrinkage], held_out.labels, held_out.own_class,
+            num_classes, floor, len(y),
+        )  # fmt: skip
         values = None
         if whitening is not None:
             held = held_out.value_range.get(choice.shrinkage)
@@ -149,7 +151,8 @@ class ImprintingHead:
         features = x if whitening is None else whitening.apply(x)
         classes = imprint(features, y, num_classes, base=state)
         loo, own = leave_one_out_cosines(classes, features, y)
-        scale, window = calibrate(loo, y, own, num_classes)
+        floor = 0.0 if whitening is None and x.min() >= 0 else -1.0
+        scale, window = calibrate(loo, y, own, num_classes, floor, len(y))
         values = None
         if whitening is not None:
             training = (float(features.min()), float(features.max()))
@@ -225,16 +228,25 @@ class ImprintingHead:
 
 
 def calibrate(
-    cos: np.ndarray, labels: np.ndarray, own_class: np.ndarray, num_classes: int
+    cos: np.ndarray,
+    labels: np.ndarray,
+    own_class: np.ndarray,
+    num_classes: int,
+    floor: float = -1.0,
+    images: int | None = None,
 ) -> tuple[float, tuple[float, float]]:
-    """Scale factor and cosine window from held-out cosines (see `workbench.calibration`)."""
+    """Scale factor and cosine window from held-out cosines (see `workbench.calibration`).
+
+    `floor` is the lowest best cosine possible (0 for non-negative, unwhitened embeddings),
+    `images` how many distinct images the held-out rows are.
+    """
     scored = own_class & np.isfinite(cos[np.arange(len(labels)), labels])
     if scored.sum() >= 2:
         finite = np.where(np.isfinite(cos[scored]), cos[scored], -1.0)
         scale = best_temperature(finite, labels[scored])
     else:
         scale = DEFAULT_SCALE_FACTOR
-    window = cosine_window(cos, labels, scored, scale)
+    window = cosine_window(cos, labels, scored, scale, floor, images)
     return max(scale, scale_floor(window, num_classes)), window
 
 

@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from workbench import __version__
 from workbench.errors import WorkbenchError
 from workbench.export import METADATA_NAME
 from workbench.tflite.graph import EDGETPU_CUSTOM_CODE, Graph
 from workbench.tflite.heads import PREFIX
+from workbench.tflite.metadata import ModelMetadata, with_standard_metadata
 from workbench.tflite.schema import fb
 
 LOGITS_LAYERS = ("FULLY_CONNECTED", "CONV_2D")
@@ -159,7 +161,15 @@ def write_extractor(
     remove_stale([target])
     source = Graph.load(classifier)
     cut = cut_extractor(source, tensor_name)
-    data = cut.graph.to_bytes()
+    described = ModelMetadata(
+        name="workbench embedding extractor",
+        description=f"{source.description().strip() or classifier.name} cut at "
+        f"{cut.embedding_name} by workbench: an embedding extractor for imprint and backprop.",
+        version=__version__,
+        output="embedding",
+    )
+    # The classifier's own metadata (its labels, its probability output) no longer applies.
+    data = with_standard_metadata(cut.graph.to_bytes(), described)
     checked = load_model(target, content=data)
     checked.run(np.zeros(checked.input.shape, checked.input.dtype))
     write_files_atomically({target: data})

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from workbench import __version__
-from workbench.dataset import Dataset, Split, prepare_split
+from workbench.dataset import Dataset, Split, fingerprints, prepare_split
 from workbench.evaluate import evaluate_model_on
 from workbench.export import labels_text, model_bytes
 from workbench.extraction import Embedded, check_extractor, extract_split, extractor_info
@@ -32,6 +32,8 @@ from workbench.tflite.heads import embedding_output
 
 # Below this agreement between the exported model and its float head, a run exits 1.
 AGREEMENT_FLOOR = 0.97
+# Metadata entry with the fingerprints of the images a model was trained on.
+TRAINING_FILES_METADATA = "workbench_training_files"
 
 
 class Head(Protocol):
@@ -72,6 +74,7 @@ class Fitted:
     folder_to_model: np.ndarray  # class id in the data folder -> class id in the model
     metadata: dict[str, Any]  # for the model's workbench entry (trainer, tensors, base)
     report: dict[str, Any] = field(default_factory=dict)  # extra report fields
+    inherited: np.ndarray | None = None  # training-file fingerprints of a base model
 
 
 class Trainer(Protocol):
@@ -146,10 +149,27 @@ def train(
     metadata = {
         **fitted.metadata, **trainer.append(fitted, graph), **prepared.info,
         "trainer": trainer.name, "embedding_tensor": prepared.embedding_tensor,
+        "split": settings(data), "report": output_files(output)["report"].name,
     }  # fmt: skip
+    record_training_files(graph, prepared.split, fitted.inherited)
     report = new_report(data_dir, trainer, prepared, fitted, data)
     report.timing["train_s"] = round(train_seconds, 3)
     return write_run(graph, output, fitted, metadata, prepared, report, run, reporter)
+
+
+def record_training_files(graph: Graph, data_split: Split, inherited: np.ndarray | None) -> None:
+    """Store the training images' fingerprints in the model, for `evaluate` to check against."""
+    train_files, _ = data_split.files("train")
+    found = fingerprints(train_files)
+    if inherited is not None:
+        found = np.union1d(found, inherited)
+    graph.set_metadata(TRAINING_FILES_METADATA, found.astype("<u8").tobytes())
+
+
+def trained_on(graph: Graph) -> np.ndarray | None:
+    """The training-file fingerprints a model records, or None (not made by workbench)."""
+    data = graph.metadata(TRAINING_FILES_METADATA)
+    return None if data is None else np.frombuffer(data, dtype="<u8").astype(np.uint64)
 
 
 def new_report(

@@ -1,19 +1,29 @@
 """A drop-in for the parts of Google's pycoral that on-device retraining scripts use.
 
 pycoral has no wheels past Python 3.9. Scripts written for it keep working with their import
-lines changed to this package, e.g. Coral's two retraining demos:
+lines changed to this package; each pycoral module has its counterpart here:
 
-    from workbench.pycoral import classify, common            # pycoral.adapters
-    from workbench.pycoral import ImprintingEngine            # pycoral.learn.imprinting.engine
-    from workbench.pycoral import SoftmaxRegression           # pycoral.learn.backprop...
-    from workbench.pycoral import make_interpreter            # pycoral.utils.edgetpu
-    from workbench.pycoral import read_label_file             # pycoral.utils.dataset
+    pycoral.adapters.common                     -> workbench.pycoral.common
+    pycoral.adapters.classify                   -> workbench.pycoral.classify
+    pycoral.utils.edgetpu                       -> workbench.pycoral.edgetpu
+    pycoral.utils.dataset                       -> workbench.pycoral.dataset
+    pycoral.learn.imprinting.engine             -> workbench.pycoral.imprinting
+    pycoral.learn.backprop.softmax_regression   -> workbench.pycoral.softmax_regression
 
-Same names, arguments and semantics; the models written are Coral's formats.
+e.g. `from workbench.pycoral import classify, common` or
+`from workbench.pycoral.edgetpu import make_interpreter`. Same names, arguments, defaults,
+results and exception types; the models written are Coral's formats.
 """
 
-from workbench.pycoral import classify, common
-from workbench.pycoral.edgetpu import list_edge_tpus, make_interpreter, read_label_file
+from workbench.pycoral import classify, common, dataset, edgetpu
+from workbench.pycoral.dataset import read_label_file
+from workbench.pycoral.edgetpu import (
+    get_runtime_version,
+    list_edge_tpus,
+    load_edgetpu_delegate,
+    make_interpreter,
+    run_inference,
+)
 from workbench.pycoral.imprinting import ImprintingEngine
 from workbench.pycoral.softmax_regression import SoftmaxRegression
 
@@ -22,7 +32,12 @@ __all__ = [
     "SoftmaxRegression",
     "classify",
     "common",
+    "dataset",
+    "edgetpu",
+    "get_runtime_version",
     "list_edge_tpus",
+    "load_edgetpu_delegate",
     "make_interpreter",
     "read_label_file",
+    "run_inference",
 ]

@@ -8,14 +8,20 @@ the other started.
 
 from __future__ import annotations
 
+import operator
 from pathlib import Path
 
 import numpy as np
 
-from workbench.calibration import cosine_window, scale_floor
-from workbench.coral_format import read_imprinting_model, training_state_text
+from workbench.calibration import best_cosine_floor, cosine_window, scale_floor
+from workbench.coral_format import (
+    TAIL,
+    imprinting_problems,
+    read_imprinting_model,
+    training_state_text,
+)
 from workbench.errors import WorkbenchError
-from workbench.export import set_workbench_metadata
+from workbench.export import pycoral_model_bytes, set_workbench_metadata
 from workbench.imprint import (
     ImprintedClasses,
     l2_normalize,
@@ -26,22 +32,63 @@ from workbench.surgery import copy_graph
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import append_imprinting_tail
 
+# libcoral's messages (imprinting_engine.cc), which pycoral's tests match.
+NO_L2NORM = "Unsupported model architecture. Input model must have an L2Norm layer."
+BAD_TAIL = "The last 4 operators must be Conv2d, Mul, Reshape, Softmax"
+UNSUPPORTED = "Unsupported model architecture."
+NOT_TRAINED = "Model is not trained."
+BAD_EMBEDDING = "Invalid weights array shape."
+FROZEN_CLASS = "Cannot change the base model classes not trained with imprinting method!"
+SKIPS_AHEAD = "The class index of a new category is too large!"
+
+# Held-out best cosines needed before the window's bottom is estimated from them: the lowest
+# of n values only sees down to about the 1/(n+1) quantile, and an unseen image whose best
+# class falls below the bottom gets every class clipped to it, i.e. the same score for all.
+# With fewer (1-3 images of 3 classes give 3-9), the bottom is the analytic bound instead.
+def _architecture_error(graph: Graph) -> ValueError | None:
+    """libcoral's message for a model that is not in the imprinting format, then why.
+
+    libcoral checks for an L2Norm first, then the last four operators; workbench's own list of
+    problems (`coral_format.imprinting_problems`) follows, naming what was found.
+    """
+    problems = imprinting_problems(graph)
+    if not problems:
+        return None
+    names = graph.op_names()
+    if "L2_NORMALIZATION" not in names:
+        lead = NO_L2NORM
+    elif tuple(names[-len(TAIL) :]) != TAIL:
+        lead = BAD_TAIL
+    else:
+        lead = UNSUPPORTED
+    return ValueError(f"{lead} (not an imprinting model (Coral format): {'; '.join(problems)})")
+
 
 class ImprintingEngine:
     """pycoral.learn.imprinting.engine.ImprintingEngine, in numpy.
 
     With `keep_classes` the base model's classes stay, and those it was trained on by
     imprinting (listed in its description) can take more images; otherwise the new model has
-    only the classes trained here, with ids from 0.
+    only the classes trained here, with ids from 0. Exceptions are pycoral's: ValueError from
+    the constructor (unreadable file, not an imprinting model), RuntimeError from `train` and
+    `serialize_model`, with libcoral's message first.
     """
 
     def __init__(self, model_path: str | Path, keep_classes: bool = False) -> None:
         try:
-            base = read_imprinting_model(Graph.load(model_path))
+            graph = Graph.load(model_path)
         except WorkbenchError as e:
-            raise ValueError(str(e)) from None
+            raise ValueError(f"Failed to open file: {model_path} ({e})") from None
+        error = _architecture_error(graph)
+        if error is not None:
+            raise error
+        try:
+            base = read_imprinting_model(graph)
+        except WorkbenchError as e:
+            raise ValueError(f"{UNSUPPORTED} ({e})") from None
         self._extractor = base.extractor
         self._embedding = base.embedding
+        self._floor = best_cosine_floor(base.extractor, base.embedding)
         self._scale_factor = base.scale_factor
         self._base_window = base.cosine_range if keep_classes else None
         dim = base.classes.dim
@@ -66,22 +113,31 @@ class ImprintingEngine:
         """Add one embedding (the extractor's output) to class `class_id`.
 
         `class_id` may be an existing class that was trained by imprinting, or the next new
-        id (num_classes); a base class not trained by imprinting, or an id that skips ahead,
-        is refused.
+        id (num_classes). Refused with RuntimeError, as in pycoral: an embedding of the wrong
+        size, a base class not trained by imprinting, an id that skips ahead (or is negative).
         """
         vector = np.asarray(embedding, np.float64).reshape(-1)
         if vector.size != self.embedding_dim:
-            raise ValueError(f"embedding has {vector.size} values, expected {self.embedding_dim}")
-        class_id = int(class_id)
-        if class_id < 0 or class_id > self.num_classes:
-            raise ValueError(
-                f"class id {class_id} skips ahead: the next new class is {self.num_classes}"
+            raise RuntimeError(
+                f"{BAD_EMBEDDING} The embedding has {vector.size} values, the extractor "
+                f"gives {self.embedding_dim}."
             )
+        if not np.isfinite(vector).all():
+            raise RuntimeError(f"{BAD_EMBEDDING} The embedding holds NaN or infinite values.")
+        class_id = operator.index(class_id)
         state = self._classes
+        if class_id < 0:
+            raise RuntimeError(f"Invalid class index {class_id}: class ids start at 0.")
+        if class_id > state.num_classes:
+            raise RuntimeError(
+                f"{SKIPS_AHEAD} Class {class_id} skips ahead: the next new class is "
+                f"{state.num_classes}."
+            )
         if class_id < state.num_classes and not state.trainable[class_id]:
-            raise ValueError(
-                f"class {class_id} comes from the base model and was not trained by "
-                "imprinting: it cannot be retrained"
+            raise RuntimeError(
+                f"{FROZEN_CLASS} Class {class_id} comes from the base model and was not trained "
+                "by imprinting (it has no training state in the model description): it cannot "
+                "be retrained."
             )
         if class_id == state.num_classes:
             self._classes = ImprintedClasses(
@@ -95,9 +151,17 @@ class ImprintingEngine:
         self._trained.append((unit, class_id))
 
     def serialize_model(self) -> bytes:
-        """The retrained model: extractor + Coral's imprinting tail, training state included."""
+        """The retrained model: extractor + Coral's imprinting tail, training state included.
+
+        The 8-bit cosine window is set for images the engine never saw: from leave-one-out
+        cosines of the images trained here (`workbench.calibration.cosine_window`), its bottom
+        no higher than any of them and, with too few to estimate it, the analytic bound;
+        widened to the base model's window when its classes are kept, with
+        a scale factor no lower than the one at which adjacent cosine levels still give
+        different 8-bit scores.
+        """
         if self.num_classes == 0:
-            raise RuntimeError("no class has been trained: call train() before serialize_model()")
+            raise RuntimeError(f"{NOT_TRAINED} Call train() before serialize_model().")
         classes = self._classes
         scale = self._scale_factor
         if self._trained:
@@ -105,7 +169,7 @@ class ImprintingEngine:
             units = np.stack([u for u, _ in self._trained])
             ids = np.array([c for _, c in self._trained], np.int64)
             loo, own = leave_one_out_cosines(classes, units, ids)
-            window = cosine_window(loo, ids, own, scale)
+            window = cosine_window(loo, ids, own, scale, floor=self._floor)
             # keep resolving the base images' cosines too
             window = widened(window, self._base_window)
             scale = max(scale, scale_floor(window, classes.num_classes))
@@ -115,4 +179,4 @@ class ImprintingEngine:
         append_imprinting_tail(graph, classes.weights, scale, window, embedding=self._embedding)
         graph.set_description(training_state_text(classes.norms, classes.trainable))
         set_workbench_metadata(graph, {"trainer": "imprint", "api": "pycoral"})
-        return graph.to_bytes()
+        return pycoral_model_bytes(graph, "imprint")

@@ -16,9 +16,36 @@ from typing import Any
 import numpy as np
 
 from workbench.backprop import SoftmaxRegression as _Model
-from workbench.export import set_workbench_metadata
+from workbench.errors import WorkbenchError
+from workbench.export import pycoral_model_bytes, set_workbench_metadata
 from workbench.tflite.graph import Graph
-from workbench.tflite.heads import append_softmax_regression_tail
+from workbench.tflite.heads import append_softmax_regression_tail, embedding_output
+from workbench.tflite.quant import representable
+
+# The narrowest logit range written: 8-bit levels over a zero-width range would divide by 0.
+MIN_LOGIT_SPAN = 1e-3
+
+
+def _covering(lo: float, hi: float) -> tuple[float, float]:
+    """(lo, hi) widened symmetrically to at least MIN_LOGIT_SPAN."""
+    pad = max(0.0, MIN_LOGIT_SPAN - (hi - lo)) / 2
+    return lo - pad, hi + pad
+
+
+def logit_bound(
+    weights: np.ndarray, bias: np.ndarray, inputs: tuple[float, float]
+) -> tuple[float, float]:
+    """The smallest and largest logit x W + b can reach for any x with values in `inputs`.
+
+    Each term w x is extreme at an end of the input range, so the bound is exact per class;
+    over classes it is the range every logit of every possible input lies in. This is the
+    range of a model that has seen no data (nothing narrower is known to hold).
+    """
+    lo_x, hi_x = inputs
+    ends = np.stack([weights * lo_x, weights * hi_x])  # [2, D, C]
+    lows = bias + ends.min(axis=0).sum(axis=0)
+    highs = bias + ends.max(axis=0).sum(axis=0)
+    return float(lows.min()), float(highs.max())
 
 
 class SoftmaxRegression:
@@ -41,6 +68,8 @@ class SoftmaxRegression:
             "mat_w": weight_scale * np.random.randn(self.feature_dim, self.num_classes),
             "vec_b": np.zeros(self.num_classes),
         }
+        # Range of the logits seen in training (None until trained): the exported layer's
+        # 8-bit range. libcoral likewise quantizes the logits over the range training saw.
         self.logit_range: tuple[float, float] | None = None
 
     def _model(self) -> _Model:
@@ -49,9 +78,33 @@ class SoftmaxRegression:
         model.bias = self.params["vec_b"]
         return model
 
+    def _checked(self, mat_x: Any, labels: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings [N, feature_dim] and labels in [0, num_classes), or RuntimeError.
+
+        pycoral's C++ model reports bad data as RuntimeError (or aborts); here every such
+        problem is a RuntimeError that says what is wrong.
+        """
+        x = np.asarray(mat_x, np.float64)
+        y = np.asarray(labels).reshape(-1)
+        if x.ndim != 2 or x.shape[1] != self.feature_dim:
+            raise RuntimeError(
+                f"{what}: expected embeddings of shape [N, {self.feature_dim}], got {list(x.shape)}"
+            )
+        if len(y) != len(x):
+            raise RuntimeError(f"{what}: {len(x)} embeddings but {len(y)} labels")
+        if len(y) and (
+            not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= self.num_classes
+        ):
+            raise RuntimeError(
+                f"{what}: labels must be integers in [0, {self.num_classes}), got "
+                f"{y.min()}..{y.max()}"
+            )
+        return x, y.astype(np.int64)
+
     def get_accuracy(self, mat_x: np.ndarray, labels: np.ndarray) -> float:
-        """Share of rows of `mat_x` whose highest logit is their label."""
-        return self._model().accuracy(mat_x, labels)
+        """Share of rows of `mat_x` whose highest logit is their label (0.0 to 1.0)."""
+        x, y = self._checked(mat_x, labels, "get_accuracy")
+        return self._model().accuracy(x, y)
 
     def train_with_sgd(
         self,
@@ -61,36 +114,62 @@ class SoftmaxRegression:
         batch_size: int = 100,
         print_every: int = 100,
     ) -> None:
-        """SGD on `data` (keys data_train, labels_train, data_val, labels_val)."""
-        x = np.asarray(data["data_train"], np.float64)
-        y = np.asarray(data["labels_train"], np.int64)
-        val_x = data.get("data_val")
-        val_y = data.get("labels_val")
+        """SGD on `data` (keys data_train, labels_train, data_val, labels_val).
+
+        Every `print_every` iterations (0: never) the batch loss and the training and
+        validation accuracy are printed, as pycoral logs them.
+        """
+        x, y = self._checked(data["data_train"], data["labels_train"], "training data")
+        if not len(y):
+            raise RuntimeError("training data: no embeddings to train on")
+        val_x = val_y = None
+        if data.get("data_val") is not None and data.get("labels_val") is not None:
+            val_x, val_y = self._checked(data["data_val"], data["labels_val"], "validation data")
         model = self._model()
         for i in range(num_iter):
             batch = np.random.choice(len(y), batch_size)
             loss = model.step_sgd(x[batch], y[batch], learning_rate)
             if print_every and i % print_every == 0:
-                val = (
-                    100 * model.accuracy(val_x, val_y)
-                    if val_x is not None and val_y is not None and len(val_y)
-                    else float("nan")
-                )
+                val = 100 * model.accuracy(val_x, val_y) if val_y is not None else float("nan")
                 print(
                     f"Loss {loss:.2f}, train acc {100 * model.accuracy(x, y):.2f}%, "
                     f"val acc {val:.2f}%"
                 )
         self.params["mat_w"], self.params["vec_b"] = model.weights, model.bias
-        logits = model.logits(x)
-        self.logit_range = (float(logits.min()), float(logits.max()))
+        # The range covers the trained layer's logits on every image it was given, held-out
+        # validation images included, so those do not clip.
+        logits = model.logits(x if val_x is None or not len(val_x) else np.vstack([x, val_x]))
+        self.logit_range = _covering(float(logits.min()), float(logits.max()))
 
     def serialize_model(self, in_model_path: str | Path) -> bytes:
-        """The extractor at `in_model_path` with the trained FC + softmax appended."""
-        if self.logit_range is None:
-            raise RuntimeError("the model is not trained: call train_with_sgd() first")
-        graph = Graph.load(in_model_path)
-        append_softmax_regression_tail(
-            graph, self.params["mat_w"].T, self.params["vec_b"], self.logit_range
-        )
+        """The extractor at `in_model_path` with the FC + softmax layer appended.
+
+        Works before training too, as libcoral's does (pycoral's own test serializes an
+        untrained model): the initial weights are written, their logits quantized over the
+        range they can reach for any output of the extractor (`logit_bound`). A missing or
+        unreadable file raises ValueError("Failed to open file: ..."), as pycoral does.
+        """
+        try:
+            graph = Graph.load(in_model_path)
+        except WorkbenchError as e:
+            raise ValueError(f"Failed to open file: {in_model_path} ({e})") from None
+        weights, bias = self.params["mat_w"], self.params["vec_b"]
+        try:
+            logit_range = self.logit_range or self._untrained_range(graph, weights, bias)
+            append_softmax_regression_tail(graph, weights.T, bias, logit_range)
+        except WorkbenchError as e:
+            raise ValueError(f"Cannot append the layer to {in_model_path}: {e}") from None
         set_workbench_metadata(graph, {"trainer": "backprop", "api": "pycoral"})
-        return graph.to_bytes()
+        return pycoral_model_bytes(graph, "backprop")
+
+    @staticmethod
+    def _untrained_range(
+        graph: Graph, weights: np.ndarray, bias: np.ndarray
+    ) -> tuple[float, float]:
+        """The logits' reach over the extractor's whole 8-bit output range (see logit_bound)."""
+        output, _ = embedding_output(graph)
+        quant = graph.quant(output)
+        dtype = graph.dtype(output)
+        if quant is None or dtype == np.float32:
+            return -1.0, 1.0  # a float tail is not quantized: the range is not used
+        return _covering(*logit_bound(weights, bias, representable(quant, dtype)))

@@ -52,6 +52,8 @@ class ModelMetadata:
     license: str | None = None
     input_description: str = "Input image to be classified."
     output_description: str | None = None  # None: "Probabilities of the N labels respectively."
+    # "probability" (a classifier) or "embedding" (an extractor: a feature vector, no labels)
+    output: str = "probability"
 
 
 def with_standard_metadata(model: bytes, info: ModelMetadata) -> bytes:
@@ -200,7 +202,10 @@ def _metadata_buffer(graph: Graph, info: ModelMetadata) -> bytes:
     metadata.license = _optional(info.license)
     subgraph = ms.SubGraphMetadataT()
     subgraph.inputTensorMetadata = [_image_input(graph, info)]
-    subgraph.outputTensorMetadata = [_probability_output(graph, info)]
+    if info.output == "embedding":
+        subgraph.outputTensorMetadata = [_embedding_output(graph, info)]
+    else:
+        subgraph.outputTensorMetadata = [_probability_output(graph, info)]
     metadata.subgraphMetadata = [subgraph]
     metadata.minParserVersion = minimum_parser_version(metadata)
     builder = flatbuffers.Builder(1024)
@@ -274,6 +279,26 @@ def _probability_output(graph: Graph, info: ModelMetadata) -> ms.TensorMetadataT
         labels.description = "Labels for categories that the model can recognize."
         labels.type = ms.AssociatedFileType.TENSOR_AXIS_LABELS
         tensor.associatedFiles = [labels]
+    return tensor
+
+
+def _embedding_output(graph: Graph, info: ModelMetadata) -> ms.TensorMetadataT:
+    """An extractor's output: a feature vector (no labels; its 8-bit range as stats)."""
+    if len(graph.outputs) != 1 or info.labels is not None:
+        raise WorkbenchError("an embedding extractor has one output and no labels")
+    index = graph.outputs[0]
+    tensor = ms.TensorMetadataT()
+    tensor.name = "embedding"
+    width = int(np.prod(graph.shape(index)[1:], dtype=np.int64))
+    tensor.description = info.output_description or (
+        f"Image embedding: {width} features to train a classifier's last layer on."
+    )
+    tensor.content = _content(ms.ContentProperties.FeatureProperties, ms.FeaturePropertiesT())
+    quant = graph.quant(index)
+    if quant is not None and graph.dtype(index).name in PIXEL_OFFSET:
+        from workbench.tflite.quant import representable
+
+        tensor.stats = _stats(*representable(quant, graph.dtype(index)))
     return tensor
 
 
