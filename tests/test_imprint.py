@@ -5,6 +5,7 @@ import pytest
 
 from workbench.calibration import cosine_window, scale_floor
 from workbench.crossval import has_own_class, stratified_folds
+from workbench.errors import WorkbenchError
 from workbench.imprint import (
     cosines,
     imprint,
@@ -58,7 +59,7 @@ def test_base_classes_not_trained_by_imprinting_cannot_be_retrained() -> None:
 
 def test_a_class_without_embeddings_is_refused() -> None:
     x, y = clusters(3, classes=2)
-    with pytest.raises(ValueError, match=r"classes \[2\] have no training"):
+    with pytest.raises(WorkbenchError, match=r"classes \[2\] have no training"):
         imprint(x, y, 3)
 
 

@@ -117,6 +117,8 @@ def scan(root: str | Path) -> Dataset:
             if any(part.startswith(".") for part in path.relative_to(entry).parts):
                 continue
             if not path.is_file():
+                if is_image_file(path):  # a folder named x.jpg: say so rather than ignore it
+                    skipped.append(path)
                 continue
             (files if is_image_file(path) else skipped).append(path)
         images[entry.name] = files

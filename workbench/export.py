@@ -28,6 +28,10 @@ def label_problem(name: str) -> str | None:
     """
     if not name.strip():
         return "is empty"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
     if name != name.strip():
         return "starts or ends with whitespace"
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):

@@ -16,11 +16,25 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from workbench.errors import WorkbenchError
 from workbench.runtime import TensorSpec
 
+# Pillow warns about odd EXIF blocks and palette transparency; neither stops a decode. The
+# filter is set once here, for warnings raised in Pillow only: `warnings.catch_warnings`
+# around each decode is not thread-safe, and decoding runs in worker threads.
+warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
 }
+
+
+# The raster formats workbench reads; Pillow would otherwise open whatever a file really is
+# (an EPS named .png would run Ghostscript).
+Image.init()  # register every plugin, so the list below holds what this Pillow can open
+FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP", "TIFF") if f in Image.OPEN)
+# Decoding needs width x height x 3 bytes at least; above this many pixels a non-JPEG image
+# (JPEGs are decoded at reduced size) is refused rather than risk the device's memory.
+MAX_PIXELS = 64_000_000
 
 
 class ImageError(Exception):
@@ -95,19 +109,20 @@ def decode(path: str | Path, prep: Preprocessing) -> np.ndarray:
     file Pillow cannot read or that is truncated.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow warns on odd EXIF / palettes; not fatal
-            with Image.open(path) as image:
-                if prep.draft and image.format == "JPEG":
-                    # The decoder picks the largest DCT scale-down that stays at or above the
-                    # requested size; the side is the max so rotation by EXIF does not matter.
-                    side = max(prep.width, prep.height)
-                    image.draft("RGB", (side, side))
-                image = ImageOps.exif_transpose(image)
-                image = to_rgb(image)
-                if image.size != (prep.width, prep.height):
-                    image = image.resize((prep.width, prep.height), _RESAMPLE[prep.resample])
-                return np.asarray(image, dtype=np.uint8)
+        with Image.open(path, formats=FORMATS) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS and image.format not in ("JPEG", "MPO"):
+                raise ImageError(f"{width}x{height} pixels is too large to decode")
+            if prep.draft and image.format == "JPEG":
+                # The decoder picks the largest DCT scale-down that stays at or above the
+                # requested size; the side is the max so rotation by EXIF does not matter.
+                side = max(prep.width, prep.height)
+                image.draft("RGB", (side, side))
+            image = ImageOps.exif_transpose(image)
+            image = to_rgb(image)
+            if image.size != (prep.width, prep.height):
+                image = image.resize((prep.width, prep.height), _RESAMPLE[prep.resample])
+            return np.asarray(image, dtype=np.uint8)
     except UnidentifiedImageError:
         raise ImageError("not an image format Pillow can read") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:

@@ -27,7 +27,14 @@ MAX_SEED = 2**32 - 1
 
 
 class OptionError(WorkbenchError):
-    """A setting outside its range; `field` names the setting."""
+    """A setting outside its range; `field` names the setting.
+
+    >>> try:
+    ...     BackpropOptions(epochs=0)
+    ... except OptionError as e:
+    ...     print(e.field, "|", e.requirement, "|", e.value)
+    epochs | must be a whole number from 1 to 100000 | 0
+    """
 
     def __init__(self, field: str, requirement: str, value: object) -> None:
         super().__init__(f"{field} {requirement}, got {value!r}")
@@ -67,8 +74,10 @@ def real(
     if not ok:
         left = "(" if low_open else "["
         right = ")" if high_open else "]"
-        span = f"in {left}{low:g}, {high:g}{right}" if high is not None else (
-            f"{'above' if low_open else 'at least'} {low:g}"
+        span = (
+            f"in {left}{low:g}, {high:g}{right}"
+            if high is not None
+            else (f"{'above' if low_open else 'at least'} {low:g}")
         )
         raise OptionError(field, f"must be a number {span}", value)
 
@@ -79,6 +88,13 @@ class DataOptions:
 
     The split is reproducible from these three values; `evaluate` needs the same ones to
     score exactly the images training held out.
+
+        >>> DataOptions(test_ratio=0.2, seed=1)
+        DataOptions(test_ratio=0.2, max_per_class=200, seed=1)
+        >>> DataOptions(max_per_class=0)
+        Traceback (most recent call last):
+        ...
+        workbench.options.OptionError: max_per_class must be a whole number of at least 1, got 0
     """
 
     test_ratio: float = 0.25
@@ -93,7 +109,15 @@ class DataOptions:
 
 @dataclass(frozen=True)
 class ImprintOptions:
-    """Imprinting: whiten when cross-validation shows it helps (True), never, or at a shrinkage."""
+    """Imprinting: whiten when cross-validation shows it helps (True), never, or at a shrinkage.
+
+    >>> ImprintOptions(whiten=False)
+    ImprintOptions(whiten=False)
+    >>> ImprintOptions(whiten=0)
+    Traceback (most recent call last):
+    ...
+    workbench.options.OptionError: whiten must be a number above 0, got 0
+    """
 
     whiten: bool | float = True
 
@@ -104,7 +128,11 @@ class ImprintOptions:
 
 @dataclass(frozen=True)
 class BackpropOptions:
-    """Last-layer SGD: passes, step, batch, and the L2 penalty (None: by cross-validation)."""
+    """Last-layer SGD: passes, step, batch, and the L2 penalty (None: by cross-validation).
+
+    >>> BackpropOptions(epochs=50, reg=1e-4)
+    BackpropOptions(epochs=50, learning_rate=0.1, batch_size=100, reg=0.0001)
+    """
 
     epochs: int = 100
     learning_rate: float = 0.1
@@ -123,7 +151,12 @@ class BackpropOptions:
 class RunOptions:
     """Where a run reads and writes: extractor (None: the bundled one), output (None: named
     after the data folder), Edge TPU device, embedding cache (True: the default folder, False:
-    none, or a folder), and `force` to accept an extractor that looks like a classifier."""
+    none, or a folder), and `force` to accept an extractor that looks like a classifier.
+
+        >>> run = RunOptions(output=Path("flowers.tflite"), cache=False)
+        >>> run.extractor, run.output.name, run.device, run.cache, run.force
+        (None, 'flowers.tflite', None, False, False)
+    """
 
     extractor: Path | None = None
     output: Path | None = None

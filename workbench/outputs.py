@@ -61,8 +61,10 @@ def _kind_problem(kind: str, path: Path, model_exists: bool) -> str | None:
     """Why an existing file at `path` is not a previous output of this kind (None if it is)."""
     if path.is_dir():
         return "is a folder"
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return None
+    if not path.is_file():
+        return "is not a regular file"
     try:
         with open(path, "rb") as f:
             head = f.read(1 << 16)
@@ -77,11 +79,15 @@ def _kind_problem(kind: str, path: Path, model_exists: bool) -> str | None:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError):
             return "exists and is not a workbench report"
-        return None if isinstance(data, dict) and "workbench_version" in data else (
-            "exists and is not a workbench report"
+        return (
+            None
+            if isinstance(data, dict) and "workbench_version" in data
+            else ("exists and is not a workbench report")
         )
-    return None if b'name="generator" content="workbench' in head else (
-        "exists and is not a workbench report"
+    return (
+        None
+        if b'name="generator" content="workbench' in head
+        else ("exists and is not a workbench report")
     )
 
 
@@ -116,6 +122,17 @@ def check_outputs(
             raise WorkbenchError(f"output {target} {problem}; refusing to replace it")
     for target in targets.values():
         check_writable(Path(target))
+
+
+def check_cache_folder(cache: object, data_dirs: Iterable[str | Path]) -> None:
+    """A cache folder inside a data folder would become a class folder of the next run."""
+    if not isinstance(cache, str | Path):
+        return
+    for folder in data_dirs:
+        if _is_within(Path(cache), Path(folder)):
+            raise WorkbenchError(
+                f"the cache folder {cache} is inside the data folder {folder}; put it elsewhere"
+            )
 
 
 def check_writable(path: str | Path) -> None:
@@ -169,8 +186,10 @@ def remove_stale(targets: Iterable[str | Path], now: float | None = None) -> lis
                 old = now - entry.stat().st_mtime > STALE_AFTER_S
             except OSError:
                 continue
-            if old and int(match.group("pid")) != os.getpid() and not _process_alive(
-                int(match.group("pid"))
+            if (
+                old
+                and int(match.group("pid")) != os.getpid()
+                and not _process_alive(int(match.group("pid")))
             ):
                 entry.unlink(missing_ok=True)
                 removed.append(entry)
@@ -185,9 +204,7 @@ def _umask() -> int:
 
 def _sibling(target: Path, suffix: str) -> Path:
     folder = target.parent if str(target.parent) else Path(".")
-    fd, name = tempfile.mkstemp(
-        dir=folder, prefix=f".{target.name}.{os.getpid()}.", suffix=suffix
-    )
+    fd, name = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.{os.getpid()}.", suffix=suffix)
     os.close(fd)
     return Path(name)
 

@@ -41,6 +41,7 @@ BAD_EMBEDDING = "Invalid weights array shape."
 FROZEN_CLASS = "Cannot change the base model classes not trained with imprinting method!"
 SKIPS_AHEAD = "The class index of a new category is too large!"
 
+
 # Held-out best cosines needed before the window's bottom is estimated from them: the lowest
 # of n values only sees down to about the 1/(n+1) quantile, and an unseen image whose best
 # class falls below the bottom gets every class clipped to it, i.e. the same score for all.

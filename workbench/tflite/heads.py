@@ -116,7 +116,13 @@ def _quantized_layer(
 
     The bias is int32 at scale input scale x weight scale, zero point 0: what the TFLite
     kernels (and Coral's tools) require, so the accumulator needs no rescaling before it.
+    With weights near zero (a degenerate head) that scale is so fine that the bias would not
+    fit in int32; the weights' range is then widened until it does.
     """
+    peak_bias = float(np.max(np.abs(bias))) if np.size(bias) else 0.0
+    needed = peak_bias / (in_quant.scale[0] * INT32_LIMIT)
+    if needed > kernel_quant.scale[0]:
+        kernel_quant = _with_scale(kernel_quant, needed)
     kernel = graph.add_tensor(
         f"{name}/weights", list(weights.shape), dtype, kernel_quant,
         quantize(weights, kernel_quant, dtype),
@@ -127,6 +133,14 @@ def _quantized_layer(
         quantize_bias(bias, bias_scale),
     )  # fmt: skip
     return kernel, bias_tensor
+
+
+INT32_LIMIT = 2**31 - 1
+
+
+def _with_scale(quant: Quant, scale: float) -> Quant:
+    """The same zero point at a coarser scale (the range grows around zero)."""
+    return Quant.per_tensor(scale * 1.001, quant.zero_point[0])
 
 
 def _conv_1x1(

@@ -50,4 +50,5 @@ def representable(quant: Quant, dtype: np.dtype | type) -> tuple[float, float]:
 
 def quantize_bias(values: np.ndarray, scale: float) -> np.ndarray:
     """int32 bias with zero point 0 and scale = input scale x weight scale, as TFLite requires."""
-    return np.round(np.asarray(values, np.float64) / scale).astype(np.int32)
+    limit = 2**31 - 1
+    return np.clip(np.round(np.asarray(values, np.float64) / scale), -limit, limit).astype(np.int32)
