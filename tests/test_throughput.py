@@ -147,14 +147,26 @@ def test_imprint_backprop_and_evaluate_share_the_cache(
          "--no-cache", "--json"],
     )  # fmt: skip
     assert off.exit_code == 0 and json.loads(off.stdout)["cache"] is None
+    # evaluate finds the extractor outputs in the cache: the head runs on them, no new entries
+    evaluated = runner.invoke(
+        app,
+        ["evaluate", str(tmp_path / "a.tflite"), str(colors), "--cache-dir", str(cache_dir),
+         "--json"],
+    )  # fmt: skip
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout)["evaluation"]["method"] == "head+sample"
+    assert len(list((cache_dir / "outputs").glob("*.sqlite"))) == 1  # the extractor's
+    # with another cache folder the whole model runs, and its outputs are cached for next time
+    other = tmp_path / "other"
     for _ in range(2):
         evaluated = runner.invoke(
             app,
-            ["evaluate", str(tmp_path / "a.tflite"), str(colors), "--cache-dir", str(cache_dir),
+            ["evaluate", str(tmp_path / "a.tflite"), str(colors), "--cache-dir", str(other),
              "--json"],
         )  # fmt: skip
         assert evaluated.exit_code == 0, evaluated.output
-    assert len(list((cache_dir / "outputs").glob("*.sqlite"))) == 2  # extractor, trained model
+        assert json.loads(evaluated.stdout)["evaluation"]["method"] == "full"
+    assert len(list((other / "outputs").glob("*.sqlite"))) == 1  # the trained model's
 
 
 def test_unwritable_cache_dir_only_costs_time(
@@ -181,6 +193,8 @@ def test_bench_pipeline_and_model_print_their_figures(
     figures = json.loads(result.stdout)
     assert figures["images"] == 20
     for key in ("cold_over_coral_loop", "cold_over_invoke", "warm_over_cold", "peak_rss_mb"):
+        assert figures[key] > 0
+    for key in ("imprint_over_coral_loop", "imprint_warm_over_cold"):
         assert figures[key] > 0
     model = runner.invoke(app, ["bench", "model", str(models["int8"]), "--runs", "5", "--json"])
     assert model.exit_code == 0, model.output

@@ -104,6 +104,9 @@ def bench_pipeline(
 ) -> dict[str, Any]:
     """Time the ways of embedding the same images, in one process, one after another.
 
+    Then a whole `imprint` run on the same images, cold and with the cache warm, against
+    Coral's loop (extraction alone).
+
     Workbench cold runs first, so the peak RSS it reports is that of a full extraction. The
     main comparison gives Coral's loop the same interpreter (threads = cores) as workbench;
     it is also timed as Coral's demos run it, with the runtime's default thread count.
@@ -126,19 +129,10 @@ def bench_pipeline(
             advance(1)
         return seconds
 
-    width = int(np.prod(model.output.shape[1:]))
     reset = _peak_rss_reset()
     cold = timed("workbench cold", lambda: run_model(model, paths, prep))
     peak = _peak_rss_mb()
-    with tempfile.TemporaryDirectory(prefix="workbench-bench-") as cache_root:
-        cache = OutputCache(cache_root, model.sha256, prep.key(), width)
-        run_model(model, paths, prep, cache=cache)  # fill the cache (not timed)
-        cache.close()
-        warm_cache = OutputCache(cache_root, model.sha256, prep.key(), width)
-        warm = timed(
-            "workbench warm cache", lambda: run_model(model, paths, prep, cache=warm_cache)
-        )
-        warm_cache.close()
+    warm = time_warm_cache(model, paths, prep, timed)
     coral = timed("Coral demo loop", lambda: coral_demo_loop(model, paths))
     # As Coral's demos run it: pycoral's make_interpreter leaves the thread count to the runtime.
     as_shipped = load_model(extractor, device=device, num_threads=RUNTIME_DEFAULT_THREADS)
@@ -147,24 +141,76 @@ def bench_pipeline(
     )
     preloaded = [load_input(p, prep) for p in paths[:INVOKE_SAMPLE]]
     invoke = timed("invoke only", lambda: invoke_only(model, preloaded, n))
+    imprint_cold, imprint_warm = time_imprint(paths, extractor, device, reporter)
+    seconds = {"coral_loop": coral, "coral_loop_default_threads": coral_default,
+               "invoke_only": invoke, "workbench_cold": cold, "workbench_warm": warm}  # fmt: skip
     return {
         "images": n,
         "extractor": str(extractor),
         "threads": cpu_threads(),
-        "ms_per_image": {
-            "coral_loop": round(1000 * coral / n, 3),
-            "coral_loop_default_threads": round(1000 * coral_default / n, 3),
-            "invoke_only": round(1000 * invoke / n, 3),
-            "workbench_cold": round(1000 * cold / n, 3),
-            "workbench_warm": round(1000 * warm / n, 3),
-        },
+        "ms_per_image": {name: round(1000 * s / n, 3) for name, s in seconds.items()},
         "cold_over_coral_loop": round(cold / coral, 3),
         "cold_over_coral_loop_default_threads": round(cold / coral_default, 3),
         "cold_over_invoke": round(cold / invoke, 3),
         "warm_over_cold": round(warm / cold, 4),
+        "imprint_cold_s": round(imprint_cold, 3),
+        "imprint_warm_s": round(imprint_warm, 3),
+        "imprint_over_coral_loop": round(imprint_cold / coral, 3),
+        "imprint_warm_over_cold": round(imprint_warm / imprint_cold, 4),
         "peak_rss_mb": round(peak, 1),
         "peak_rss_scope": "workbench cold extraction" if reset else "whole process so far",
     }
+
+
+def time_warm_cache(
+    model: LoadedModel,
+    paths: list[Path],
+    prep: Preprocessing,
+    timed: Callable[[str, Callable[[], object]], float],
+) -> float:
+    """Seconds of `run_model` over `paths` with every output already in a (fresh) cache."""
+    width = int(np.prod(model.output.shape[1:]))
+    with tempfile.TemporaryDirectory(prefix="workbench-bench-") as cache_root:
+        cache = OutputCache(cache_root, model.sha256, prep.key(), width)
+        run_model(model, paths, prep, cache=cache)  # fill the cache (not timed)
+        cache.close()
+        warm_cache = OutputCache(cache_root, model.sha256, prep.key(), width)
+        try:
+            return timed(
+                "workbench warm cache", lambda: run_model(model, paths, prep, cache=warm_cache)
+            )
+        finally:
+            warm_cache.close()
+
+
+def time_imprint(
+    paths: list[Path], extractor: str | Path, device: str | None, reporter: Reporter
+) -> tuple[float, float]:
+    """Wall time of a whole `imprint` run on these images: cold cache, then warm.
+
+    Everything a user waits for: extraction, training, export, evaluation, writing. The
+    images are linked into a fresh folder (same class folders) so the run sees exactly them.
+    """
+    from workbench.options import DataOptions, ImprintOptions, RunOptions
+    from workbench.trainers import Imprint
+    from workbench.training import train
+
+    with tempfile.TemporaryDirectory(prefix="workbench-bench-") as root:
+        folder = Path(root) / "data"
+        for i, path in enumerate(paths):
+            target = folder / path.parent.name / f"{i:06d}_{path.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path.resolve())
+        seconds = []
+        for run in ("cold", "warm"):
+            options = RunOptions(
+                extractor=Path(extractor), output=Path(root) / f"{run}.tflite",
+                device=device, cache=Path(root) / "cache",
+            )  # fmt: skip
+            start = time.perf_counter()
+            train(folder, Imprint(ImprintOptions(), 0), DataOptions(), options, reporter)
+            seconds.append(time.perf_counter() - start)
+    return seconds[0], seconds[1]
 
 
 def bench_model(

@@ -7,17 +7,21 @@ float head it was exported from.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from workbench import __version__
+from workbench.cache import OutputCache, default_cache_dir
 from workbench.dataset import Dataset, Split, fingerprints, load_split, prepare_split, scan
 from workbench.errors import WorkbenchError
 from workbench.extraction import CacheChoice, run_cached
-from workbench.options import DataOptions, RunOptions, settings
+from workbench.head_eval import head_scores, pick_sample, same_as_whole_model
+from workbench.metrics import confusion, per_class
+from workbench.options import DataOptions, OptionError, RunOptions, settings
+from workbench.outputs import check_cache_folder
 from workbench.progress import Reporter
 from workbench.report import Report
 from workbench.runtime import LoadedModel, load_model
@@ -25,6 +29,16 @@ from workbench.tflite.graph import Graph
 
 OTHER = "(other)"
 MAX_K = 5
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Extractor outputs already computed for the images to evaluate on."""
+
+    vectors: np.ndarray  # [N, D] dequantized outputs of the model's embedding tensor
+    files: list[Path]  # the image of each row
+    tensor: int  # the embedding tensor's index in the exported model
+    seed: int  # for the sample checked on the whole model
 
 
 @dataclass
@@ -60,6 +74,16 @@ def label_ids(classes: list[str], labels: list[str]) -> list[int]:
     return [index[c] for c in classes]
 
 
+def check_width(scores: np.ndarray, labels: list[str]) -> np.ndarray:
+    """The scores, if there is one per label; else a WorkbenchError naming the mismatch."""
+    if scores.ndim != 2 or scores.shape[1] != len(labels):
+        raise WorkbenchError(
+            f"the model gives {scores.shape[-1]} scores but the labels file has {len(labels)} "
+            "labels; pass the labels file that belongs to this model"
+        )
+    return scores
+
+
 def ranked(scores: np.ndarray) -> np.ndarray:
     """Label indices by descending score; ties keep index order, like argmax."""
     return np.argsort(-scores, axis=1, kind="stable")
@@ -77,14 +101,7 @@ def score(
 
     `float_top1` (label indices) gives the agreement of the model with its float head.
     """
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-    scores = np.asarray(scores)
-    if scores.ndim != 2 or scores.shape[1] != len(labels):
-        raise WorkbenchError(
-            f"the model gives {scores.shape[-1]} scores but the labels file has {len(labels)} "
-            "labels; pass the labels file that belongs to this model"
-        )
+    scores = check_width(np.asarray(scores), labels)
     ids = label_ids(classes, labels)
     truth = np.asarray(ids, np.int64)[np.asarray(true_classes, np.int64)]
     order = ranked(scores)
@@ -92,10 +109,8 @@ def score(
     ks = range(1, min(MAX_K, len(labels)) + 1)
     top_k = [float(np.mean(np.any(order[:, :k] == truth[:, None], axis=1))) for k in ks]
 
-    precision, recall, f1, support = precision_recall_fscore_support(
-        truth, top1, labels=ids, zero_division=0
-    )
-    per_class = {
+    precision, recall, f1, support = per_class(truth, top1, ids)
+    by_class = {
         name: {
             "precision": float(precision[i]),
             "recall": float(recall[i]),
@@ -107,34 +122,39 @@ def score(
     outside = ~np.isin(top1, ids)
     columns = list(ids) + ([-1] if outside.any() else [])
     predicted = np.where(outside, -1, top1)
-    matrix = confusion_matrix(truth, predicted, labels=columns)[: len(ids)]
+    matrix = confusion(truth, predicted, columns)[: len(ids)]
     confusion_labels = list(classes) + ([OTHER] if outside.any() else [])
 
     agreement = None
     if float_top1 is not None and len(top1):
         agreement = float(np.mean(np.asarray(float_top1) == top1))
 
-    mistakes = []
-    if files is not None:
-        for i in np.flatnonzero(top1 != truth):
-            mistakes.append(
-                {
-                    "file": str(files[i]),
-                    "true": labels[truth[i]],
-                    "predicted": labels[top1[i]],
-                    "score": float(scores[i, top1[i]]),
-                }
-            )
+    mistakes = [] if files is None else list_mistakes(scores, truth, top1, labels, files)
     return Evaluation(
         classes=list(classes),
         num_images=len(truth),
         top_k_accuracy=top_k,
-        per_class=per_class,
+        per_class=by_class,
         confusion_matrix=matrix.astype(int).tolist(),
         confusion_labels=confusion_labels,
         agreement=agreement,
         mistakes=mistakes,
     )
+
+
+def list_mistakes(
+    scores: np.ndarray, truth: np.ndarray, top1: np.ndarray, labels: list[str], files: list[Path]
+) -> list[dict[str, object]]:
+    """The misclassified images: file, true and predicted label, and the predicted score."""
+    return [
+        {
+            "file": str(files[i]),
+            "true": labels[truth[i]],
+            "predicted": labels[top1[i]],
+            "score": float(scores[i, top1[i]]),
+        }
+        for i in np.flatnonzero(top1 != truth)
+    ]
 
 
 def evaluate_model_on(
@@ -160,6 +180,52 @@ def evaluate_model_on(
         float_top1=None if float_top1 is None else np.asarray(float_top1)[kept],
         files=[files[i] for i in kept],
     )
+
+
+def evaluate_export(
+    model: LoadedModel,
+    graph: Graph,
+    embeddings: Embeddings,
+    true_classes: np.ndarray,
+    classes: list[str],
+    labels: list[str],
+    reporter: Reporter,
+    float_top1: np.ndarray | None = None,
+) -> tuple[Evaluation, dict[str, Any]]:
+    """Score an exported model on images whose extractor outputs are already known.
+
+    The appended head runs alone on those outputs (exactly the model's own arithmetic), and the
+    whole model runs on a sample of the images to confirm it bit for bit; on any difference
+    every image goes through the whole model. A compiled Edge TPU extractor always runs whole:
+    its outputs come from the device, not from the CPU kernels the head check relies on.
+    Returns the evaluation and how it was made, for the report.
+    """
+    files = embeddings.files
+    if not files:
+        raise WorkbenchError("no readable held-out images to evaluate on")
+    if model.edgetpu:
+        evaluation = evaluate_model_on(
+            model, files, true_classes, classes, labels, reporter, float_top1
+        )
+        return evaluation, {"method": "full", "reason": "Edge TPU extractor"}
+    with reporter.task("evaluating the head", 1) as advance:
+        scores = check_width(head_scores(graph, embeddings.tensor, embeddings.vectors), labels)
+        advance(1)
+    truth = np.asarray(label_ids(classes, labels))[np.asarray(true_classes, np.int64)]
+    rows = pick_sample(np.argmax(scores, axis=1) != truth, embeddings.seed)
+    out, _ = run_cached(model, [files[i] for i in rows], False, reporter, "checking a sample")
+    checked = rows[np.asarray(out.kept, np.int64)]
+    if len(checked) and same_as_whole_model(scores[checked], out.vectors):
+        evaluation = score(scores, true_classes, classes, labels, float_top1, files)
+        return evaluation, {"method": "head+sample", "sample": len(checked), "identical": True}
+    reporter.warn(
+        "the exported head alone did not reproduce the whole model's scores on a sample of "
+        "held-out images; running the whole model on every held-out image instead"
+    )
+    evaluation = evaluate_model_on(
+        model, files, true_classes, classes, labels, reporter, float_top1
+    )
+    return evaluation, {"method": "full", "sample": len(checked), "identical": False}
 
 
 @dataclass(frozen=True)
@@ -191,9 +257,15 @@ def choose_images(
         whole = Split(dataset.classes, {}, dict(dataset.images))
         return EvaluationSet(whole, "all images", dataset)
     recorded = model_info.get("split")
-    if not isinstance(recorded, dict):
+    known = {f.name for f in fields(DataOptions)}
+    if isinstance(recorded, dict) and set(recorded) <= known:
+        try:
+            DataOptions(**recorded)
+        except OptionError:
+            recorded = None
+    if not isinstance(recorded, dict) or not set(recorded) <= known:
         recorded = {}
-        reporter.warn("the model records no split (not made by workbench): default split used")
+        reporter.warn("the model records no usable split (not made by workbench?): default split")
     data = DataOptions(**{**recorded, **overrides})
     method = "given split" if overrides else ("model's split" if recorded else "default split")
     dataset, data_split = prepare_split(data_dir, data, reporter)
@@ -210,18 +282,46 @@ def check_overlap(
     files, _ = chosen.split.files("test")
     if known is None:
         reporter.warn("the model records no training images: cannot check that none is scored")
-        return {"method": chosen.method, "overlap": None}
+        return {"images": chosen.method, "overlap": None}
     overlap = int(np.isin(fingerprints(files), known).sum())
     if overlap and not allow:
         raise WorkbenchError(
             f"{overlap} of the {len(files)} images to evaluate ({chosen.method}) were training "
             "images of this model, which would inflate its accuracy; evaluate on the model's "
-            "own split (leave out --test-ratio, --max-per-class and --seed), or pass "
-            "--allow-overlap to score them anyway"
+            "own split (change none of its test ratio, cap or seed), or allow the overlap "
+            "(--allow-overlap; allow_overlap=True in Python) to score them anyway"
         )
     if overlap:
         reporter.warn(f"{overlap} of the images scored were training images of this model")
-    return {"method": chosen.method, "overlap": overlap, "overlap_allowed": bool(overlap)}
+    return {"images": chosen.method, "overlap": overlap, "overlap_allowed": bool(overlap)}
+
+
+def cached_embeddings(
+    info: dict[str, Any], files: list[Path], cache: CacheChoice, seed: int
+) -> Embeddings | None:
+    """The extractor outputs of every file, if the embedding cache holds them all, else None.
+
+    `info` is the model's workbench metadata: which extractor outputs (model hash,
+    preprocessing, width) and which tensor the head starts from.
+    """
+    key, tensor = info.get("extractor_outputs"), info.get("embedding_tensor")
+    if cache is False or not files or not isinstance(key, dict) or not isinstance(tensor, int):
+        return None
+    try:
+        root = default_cache_dir() if cache is True else Path(cache)
+        store = OutputCache(root, str(key["sha256"]), str(key["preprocessing"]), int(key["width"]))
+    except (KeyError, TypeError, ValueError):
+        return None  # damaged metadata: evaluate the whole model
+    if not store.path.is_file():
+        return None  # nothing cached for this extractor here (and no empty file made)
+    try:
+        found, _ = store.lookup(files)
+    finally:
+        store.close()
+    if len(found) < len(files):
+        return None
+    vectors = np.stack([found[i] for i in range(len(files))])
+    return Embeddings(vectors, list(files), tensor, seed)
 
 
 def evaluate_folder(
@@ -244,19 +344,29 @@ def evaluate_folder(
     from workbench.export import default_labels_path, read_labels, workbench_metadata
 
     reporter = reporter or Reporter()
+    check_cache_folder(run.cache, [data_dir])
     labels = read_labels(labels_path or default_labels_path(model_path))
     graph = Graph.load(model_path)
+    info = workbench_metadata(graph) or {}
     chosen = choose_images(
-        workbench_metadata(graph) or {}, data_dir, overrides or {}, split_report, all_images,
+        info, data_dir, overrides or {}, split_report, all_images,
         reporter,
     )  # fmt: skip
     checked = check_overlap(graph, chosen, allow_overlap, reporter)
     model = load_model(model_path, device=run.device)
     files, true_classes = chosen.split.files("test")
-    evaluation = evaluate_model_on(
-        model, files, np.asarray(true_classes), chosen.split.classes, labels, reporter,
-        cache=run.cache,
-    )  # fmt: skip
+    seed = chosen.data.seed if chosen.data is not None else 0
+    known = cached_embeddings(info, files, run.cache, seed)
+    if known is not None:
+        evaluation, method = evaluate_export(
+            model, graph, known, np.asarray(true_classes), chosen.split.classes, labels, reporter
+        )
+    else:
+        evaluation = evaluate_model_on(
+            model, files, np.asarray(true_classes), chosen.split.classes, labels, reporter,
+            cache=run.cache,
+        )  # fmt: skip
+        method = {"method": "full"}
     return Report(
         workbench_version=__version__,
         data_dir=str(data_dir),
@@ -266,6 +376,6 @@ def evaluate_folder(
         model=str(model_path),
         counts={"test": {c: len(v) for c, v in chosen.split.test.items()}},
         skipped_files=[str(p) for p in chosen.dataset.skipped] if chosen.dataset else [],
-        evaluation=checked,
+        evaluation={**checked, **method},
         **evaluation.fields(),
     )

@@ -45,9 +45,7 @@ class Embedded:
     cache: dict[str, Any] | None = None  # hits, misses and file of the embedding cache
 
 
-def open_cache(
-    choice: CacheChoice, model: LoadedModel, prep: Preprocessing
-) -> OutputCache | None:
+def open_cache(choice: CacheChoice, model: LoadedModel, prep: Preprocessing) -> OutputCache | None:
     if choice is False:
         return None
     root = default_cache_dir() if choice is True else Path(choice)
@@ -94,12 +92,14 @@ def extract_split(
     for class_id, name in enumerate(data_split.classes):
         if not np.any(labels[kept[is_train]] == class_id):
             raise WorkbenchError(f"class {name!r} has no readable training images")
+    # `kept` is sorted and training files come first: both parts are views, not copies.
+    train_rows = int(is_train.sum())
     return Embedded(
-        train_x=out.vectors[is_train],
-        train_y=labels[kept[is_train]],
-        test_x=out.vectors[~is_train],
-        test_y=labels[kept[~is_train]],
-        test_files=[files[i] for i in kept[~is_train]],
+        train_x=out.vectors[:train_rows],
+        train_y=labels[kept[:train_rows]],
+        test_x=out.vectors[train_rows:],
+        test_y=labels[kept[train_rows:]],
+        test_files=[files[i] for i in kept[train_rows:]],
         unreadable=out.failures,
         seconds=seconds,
         cache=cache_info,

@@ -61,3 +61,35 @@ def run_head(head: LoadedModel, embeddings: np.ndarray) -> np.ndarray:
     outputs = [head.run(row.reshape(shape)).reshape(-1).copy() for row in raw]
     width = int(np.prod(head.output.shape[1:]))
     return np.stack(outputs) if outputs else np.zeros((0, width), head.output.dtype)
+
+
+# Held-out images the whole exported model is run on to confirm the head's numbers.
+SAMPLE_SIZE = 16
+# Of those, up to this many are images the head misclassified (where a difference would matter).
+SAMPLE_MISTAKES = 4
+
+
+def head_scores(graph: Graph, embedding_tensor: int, embeddings: np.ndarray) -> np.ndarray:
+    """The exported model's output scores (dequantized, [N, C]) computed by its head alone."""
+    head = load_head(graph, embedding_tensor)
+    raw = run_head(head, embeddings)
+    return head.output.dequantize(raw).reshape(len(raw), -1).astype(np.float32)
+
+
+def pick_sample(wrong: np.ndarray, seed: int, size: int = SAMPLE_SIZE) -> np.ndarray:
+    """Row indices to check on the whole model: seeded, with some misclassified rows if any.
+
+    `wrong` marks the rows the head got wrong; a difference between head and whole model
+    there (or at a near tie) is what would change the reported figures.
+    """
+    rng = np.random.default_rng(seed)
+    rows = np.arange(len(wrong))
+    mistakes = rows[np.asarray(wrong, bool)]
+    chosen = rng.permutation(mistakes)[: min(SAMPLE_MISTAKES, size)]
+    rest = rng.permutation(np.setdiff1d(rows, chosen))[: size - len(chosen)]
+    return np.sort(np.concatenate([chosen, rest]).astype(np.int64))
+
+
+def same_as_whole_model(expected: np.ndarray, whole: np.ndarray) -> bool:
+    """True when the whole model's scores equal the head's bit for bit."""
+    return expected.shape == whole.shape and bool(np.array_equal(expected, whole))

@@ -48,9 +48,11 @@ class Imprint:
 
     def fit(self, prepared: Prepared, reporter: Reporter) -> Fitted:
         embedded, classes = prepared.embedded, list(prepared.split.classes)
-        head = ImprintingHead.fit(
-            embedded.train_x, embedded.train_y, len(classes), self.options, self.seed
-        )
+        # total 0: a spinner with a word (cross-validating whitening can take a while)
+        with reporter.task("imprinting (cross-validating the whitening)", 0):
+            head = ImprintingHead.fit(
+                embedded.train_x, embedded.train_y, len(classes), self.options, self.seed
+            )
         return Fitted(head, classes, identity(len(classes)), {})
 
     def append(self, fitted: Fitted, graph: Graph) -> dict[str, Any]:
@@ -77,7 +79,10 @@ class Backprop:
         with reporter.task("training", CV_FOLDS + self.options.epochs) as advance:
 
             def on_fold(fold: int) -> None:
-                advance(1, status=f"choosing reg: fold {fold}/{CV_FOLDS}")
+                following = f"fold {fold + 1}/{CV_FOLDS}" if fold < CV_FOLDS else "final fit"
+                advance(1, status=f"choosing reg: {following}")
+
+            advance(0, status=f"choosing reg: fold 1/{CV_FOLDS}")
 
             def on_epoch(stats: EpochStats) -> None:
                 advance(1, status=f"loss {stats.loss:.3f} train {stats.train_accuracy:.3f}")

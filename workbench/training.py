@@ -14,15 +14,23 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from workbench import __version__
 from workbench.dataset import Dataset, Split, fingerprints, prepare_split
-from workbench.evaluate import evaluate_model_on
+from workbench.evaluate import Embeddings, evaluate_export
 from workbench.export import labels_text, model_bytes
 from workbench.extraction import Embedded, check_extractor, extract_split, extractor_info
 from workbench.images import Preprocessing
+from workbench.memory import keep_large_blocks_returnable, trim
 from workbench.options import DataOptions, RunOptions, settings
-from workbench.outputs import StagedFiles, check_outputs, output_files, remove_stale
+from workbench.outputs import (
+    StagedFiles,
+    check_cache_folder,
+    check_outputs,
+    output_files,
+    remove_stale,
+)
 from workbench.progress import Reporter
 from workbench.report import Report
 from workbench.report_html import render_report
@@ -63,6 +71,8 @@ class Prepared:
     embedding_tensor: int
     embedded: Embedded
     info: dict[str, Any]  # extractor path, hash and preprocessing
+    data: DataOptions  # how the split was made
+    started: float = 0.0  # time.perf_counter() when the run began, for its total time
 
 
 @dataclass
@@ -90,7 +100,15 @@ class Trainer(Protocol):
 
 @dataclass
 class TrainingResult:
-    """What a training run wrote, and its report."""
+    """What a training run wrote, and its report.
+
+    >>> import workbench as wb
+    >>> result = wb.imprint("flowers/", output="flowers.tflite")
+    >>> result.model.name, result.labels.name, result.report_path.name, result.html_path.name
+    ('flowers.tflite', 'flowers.txt', 'flowers.report.json', 'flowers.report.html')
+    >>> result.report.trainer
+    'imprint'
+    """
 
     model: Path
     labels: Path
@@ -114,6 +132,8 @@ def prepare(
     reporter: Reporter,
 ) -> Prepared:
     """Split the folder, check the outputs before any work, embed every image once."""
+    started = time.perf_counter()
+    check_cache_folder(run.cache, [data_dir])
     dataset, data_split = prepare_split(data_dir, data, reporter)
     if output is not None:
         targets = output_files(output)
@@ -127,8 +147,10 @@ def prepare(
         check_extractor(graph, source.path, run.force)
     tensor, _ = embedding_output(graph)
     embedded = extract_split(model, data_split, reporter, run.cache)
+    model.release_replicas()  # their memory, and what decoding freed, is better spent on fitting
+    trim()
     info = extractor_info(model, Preprocessing.for_input(model.input))
-    return Prepared(dataset, data_split, graph, model, tensor, embedded, info)
+    return Prepared(dataset, data_split, graph, model, tensor, embedded, info, data, started)
 
 
 def train(
@@ -140,21 +162,35 @@ def train(
 ) -> TrainingResult:
     """Train `trainer`'s head on the folder, export it, evaluate the export, write it all."""
     reporter = reporter or Reporter()
+    keep_large_blocks_returnable()
     output = run.output or default_output(data_dir, trainer.name)
     prepared = prepare(data_dir, trainer.source(run), data, run, output, reporter)
     start = time.perf_counter()
-    fitted = trainer.fit(prepared, reporter)
+    # One BLAS thread: the fits' matrix work is small enough that threads gain little, and
+    # OpenBLAS threads that spin on a busy machine made a 0.4 s decomposition take 5 s.
+    with threadpool_limits(limits=1, user_api="blas"):
+        fitted = trainer.fit(prepared, reporter)
     train_seconds = time.perf_counter() - start
     graph = Graph.from_bytes(prepared.graph.to_bytes())
     metadata = {
         **fitted.metadata, **trainer.append(fitted, graph), **prepared.info,
         "trainer": trainer.name, "embedding_tensor": prepared.embedding_tensor,
         "split": settings(data), "report": output_files(output)["report"].name,
+        "extractor_outputs": outputs_key(prepared),
     }  # fmt: skip
     record_training_files(graph, prepared.split, fitted.inherited)
     report = new_report(data_dir, trainer, prepared, fitted, data)
     report.timing["train_s"] = round(train_seconds, 3)
     return write_run(graph, output, fitted, metadata, prepared, report, run, reporter)
+
+
+def outputs_key(prepared: Prepared) -> dict[str, Any]:
+    """What finds this run's extractor outputs in the embedding cache, for `evaluate`."""
+    return {
+        "sha256": prepared.model.sha256,
+        "preprocessing": prepared.info["preprocessing"],
+        "width": int(prepared.embedded.train_x.shape[1]),
+    }
 
 
 def record_training_files(graph: Graph, data_split: Split, inherited: np.ndarray | None) -> None:
@@ -169,7 +205,9 @@ def record_training_files(graph: Graph, data_split: Split, inherited: np.ndarray
 def trained_on(graph: Graph) -> np.ndarray | None:
     """The training-file fingerprints a model records, or None (not made by workbench)."""
     data = graph.metadata(TRAINING_FILES_METADATA)
-    return None if data is None else np.frombuffer(data, dtype="<u8").astype(np.uint64)
+    if data is None or len(data) % 8:
+        return None  # not recorded, or damaged: nothing trustworthy to check against
+    return np.frombuffer(data, dtype="<u8").astype(np.uint64)
 
 
 def new_report(
@@ -213,22 +251,29 @@ def write_run(
     test_y = fitted.folder_to_model[embedded.test_y]
     float_scores = fitted.head.scores(embedded.test_x)
     with StagedFiles() as staged:
+        start = time.perf_counter()
         data = model_bytes(graph, fitted.classes, metadata)
         staged_model = staged.stage(files["model"], data)
         staged.stage(files["labels"], labels_text(fitted.classes).encode())
+        report.timing["export_s"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
         exported = load_model(staged_model, device=run.device)
-        evaluation = evaluate_model_on(
-            exported, embedded.test_files, test_y, fitted.classes, fitted.classes, reporter,
-            float_top1=np.argmax(float_scores, axis=1),
+        known = Embeddings(
+            embedded.test_x, embedded.test_files, prepared.embedding_tensor, prepared.data.seed
+        )
+        evaluation, method = evaluate_export(
+            exported, Graph.from_bytes(data), known, test_y, fitted.classes, fitted.classes,
+            reporter, float_top1=np.argmax(float_scores, axis=1),
         )  # fmt: skip
         for key, value in evaluation.fields().items():
             setattr(report, key, value)
+        report.evaluation = method
         report.classes = list(fitted.classes)
         report.float_top1_accuracy = float(np.mean(np.argmax(float_scores, axis=1) == test_y))
         report.agreement_ok = check_agreement(evaluation.agreement, reporter)
         report.timing["evaluate_s"] = round(time.perf_counter() - start, 3)
         report.model, report.labels = str(files["model"]), str(files["labels"])
+        report.timing["total_s"] = round(time.perf_counter() - prepared.started, 3)
         staged.stage(files["report"], report.dumps().encode())
         staged.stage(files["html"], render_report(report.to_json()).encode())
         staged.commit()
