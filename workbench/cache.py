@@ -59,6 +59,11 @@ class FileKey:
 
     @classmethod
     def of(cls, path: str | Path) -> FileKey | None:
+        """The file's key, or None (not cached) if it cannot be read or named in UTF-8."""
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            return None
         try:
             absolute = Path(path).resolve()
             st = absolute.stat()
@@ -141,44 +146,57 @@ class OutputCache:
         with contextlib.suppress(OSError):
             self.path.unlink(missing_ok=True)
 
+    def fill(
+        self, paths: Sequence[str | Path], vectors: np.ndarray
+    ) -> tuple[np.ndarray, list[FileKey | None]]:
+        """Write cached outputs into `vectors` [len(paths), width]; which rows were found.
+
+        Rows are read in batches and copied straight into place, so a warm run over thousands
+        of images holds no per-image objects. Also returns each file's key (None if
+        unreadable), for storing the outputs computed for the rest.
+        """
+        keys = [FileKey.of(p) for p in paths]
+        found = np.zeros(len(paths), bool)
+        db = self._connect()
+        if db is not None:
+            wanted = {key.path: i for i, key in enumerate(keys) if key is not None}
+            names = list(wanted)
+            for start in range(0, len(names), LOOKUP_BATCH):
+                try:
+                    rows = self._rows(db, names[start : start + LOOKUP_BATCH])
+                except sqlite3.DatabaseError:
+                    break
+                for path, size, mtime_ns, vector, digest in rows:
+                    index = wanted[path]
+                    key = keys[index]
+                    assert key is not None
+                    if (size, mtime_ns) != (key.size, key.mtime_ns):
+                        continue  # the file changed since it was cached
+                    if len(vector) != 4 * self.width or _digest(key, vector) != digest:
+                        continue  # damaged entry: never trusted, recomputed and rewritten
+                    vectors[index] = np.frombuffer(vector, dtype="<f4")
+                    found[index] = True
+        hits = int(found.sum())
+        self.hits += hits
+        self.misses += len(paths) - hits
+        return found, keys
+
     def lookup(
         self, paths: Sequence[str | Path]
     ) -> tuple[dict[int, np.ndarray], list[FileKey | None]]:
         """Cached vectors by index into `paths`, and each file's key (None if unreadable)."""
-        keys = [FileKey.of(p) for p in paths]
-        found: dict[int, np.ndarray] = {}
-        db = self._connect()
-        if db is not None:
-            wanted = {key.path: i for i, key in enumerate(keys) if key is not None}
-            try:
-                rows = self._rows(db, list(wanted))
-            except sqlite3.DatabaseError:
-                rows = []
-            for path, size, mtime_ns, vector, digest in rows:
-                index = wanted[path]
-                key = keys[index]
-                assert key is not None
-                if (size, mtime_ns) != (key.size, key.mtime_ns):
-                    continue  # the file changed since it was cached
-                if len(vector) != 4 * self.width or _digest(key, vector) != digest:
-                    continue  # damaged entry: never trusted, recomputed and rewritten
-                found[index] = np.frombuffer(vector, dtype="<f4")
-        self.hits += len(found)
-        self.misses += len(paths) - len(found)
-        return found, keys
+        vectors = np.empty((len(paths), self.width), np.float32)
+        found, keys = self.fill(paths, vectors)
+        return {int(i): vectors[i] for i in np.flatnonzero(found)}, keys
 
     @staticmethod
     def _rows(db: sqlite3.Connection, paths: list[str]) -> list[tuple]:
-        """The entries for these paths only, fetched in batches (SQLite limits parameters)."""
-        rows: list[tuple] = []
-        for start in range(0, len(paths), LOOKUP_BATCH):
-            batch = paths[start : start + LOOKUP_BATCH]
-            marks = ",".join("?" * len(batch))
-            rows += db.execute(
-                f"SELECT path, size, mtime_ns, vector, digest FROM outputs WHERE path IN ({marks})",
-                batch,
-            ).fetchall()
-        return rows
+        """The entries for these paths (at most LOOKUP_BATCH: SQLite limits parameters)."""
+        marks = ",".join("?" * len(paths))
+        return db.execute(
+            f"SELECT path, size, mtime_ns, vector, digest FROM outputs WHERE path IN ({marks})",
+            paths,
+        ).fetchall()
 
     def store(self, entries: Sequence[tuple[FileKey, np.ndarray]]) -> None:
         db = self._connect()

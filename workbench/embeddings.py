@@ -170,14 +170,15 @@ def run_model(
     mtime) are not decoded or run, and new outputs are added to it.
     """
     width = int(np.prod(model.output.shape[1:])) if model.output.shape else 0
-    cached: dict[int, np.ndarray] = {}
+    # One preallocated array, filled in place: no per-image arrays kept, no final stacking.
+    vectors = np.empty((len(paths), width), np.float32)
+    done = np.zeros(len(paths), bool)
     keys: list[FileKey | None] = []
     if cache is not None:
-        cached, keys = cache.lookup(paths)
-        if progress is not None and cached:
-            progress(len(cached))
-    todo = [i for i in range(len(paths)) if i not in cached]
-    results: dict[int, np.ndarray] = dict(cached)
+        done, keys = cache.fill(paths, vectors)
+        if progress is not None and done.any():
+            progress(int(done.sum()))
+    todo = np.flatnonzero(~done).tolist()
     failures: list[tuple[Path, str]] = []
     fresh: list[tuple[FileKey, np.ndarray]] = []
     for position, item in outputs_of(model, [paths[i] for i in todo], prep, workers):
@@ -185,14 +186,16 @@ def run_model(
         if isinstance(item, ImageError):
             failures.append((Path(paths[index]), str(item)))
         else:
-            results[index] = vector = item
+            vectors[index] = item
+            done[index] = True
             key = keys[index] if keys else None
             if key is not None:
-                fresh.append((key, vector))
+                fresh.append((key, item))
         if progress is not None:
             progress(1)
     if cache is not None:
         cache.store(fresh)
-    kept = sorted(results)
-    vectors = np.stack([results[i] for i in kept]) if kept else np.zeros((0, width), np.float32)
-    return Outputs(vectors.astype(np.float32, copy=False), kept, failures)
+    kept = np.flatnonzero(done).tolist()
+    if len(kept) < len(paths):
+        vectors = vectors[done]
+    return Outputs(vectors, kept, failures)

@@ -12,11 +12,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from workbench.errors import WorkbenchError
+
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    """Rows scaled to unit length (float32 stays float32; anything else becomes float64)."""
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        x = x.astype(np.float64, copy=False)
+    norms = np.sqrt(np.einsum("...d,...d->...", x, x, dtype=np.float64))[..., None]
+    return x / np.maximum(norms, 1e-12).astype(x.dtype)
 
 
 @dataclass
@@ -65,7 +70,9 @@ def imprint(
     A label that names a base class not trained by imprinting is refused, as Coral does: its
     weight came from elsewhere and summing into it would be meaningless.
     """
-    embeddings = np.asarray(embeddings, np.float64)
+    embeddings = np.asarray(embeddings)
+    if embeddings.dtype != np.float32:  # float32 rows are summed in float64, not copied
+        embeddings = embeddings.astype(np.float64, copy=False)
     labels = np.asarray(labels, np.int64)
     dim = embeddings.shape[1]
     state = base if base is not None else ImprintedClasses.empty(dim)
@@ -82,11 +89,16 @@ def imprint(
     frozen = sorted({int(c) for c in labels if c < state.num_classes and not state.trainable[c]})
     if frozen:
         raise ValueError(f"classes {frozen} come from the base model and cannot be retrained")
-    np.add.at(sums, labels, l2_normalize(embeddings))
+    unit = l2_normalize(embeddings)
+    for c in np.unique(labels):  # per-class sums: far faster than np.add.at on many rows
+        sums[c] += unit[labels == c].sum(axis=0, dtype=np.float64)
     np.add.at(counts, labels, 1)
     empty = [c for c in range(num_classes) if trainable[c] and not sums[c].any()]
     if empty:
-        raise ValueError(f"classes {empty} have no training embeddings")
+        raise WorkbenchError(
+            f"classes {empty} have no training embeddings, or only all-zero ones (an "
+            "extractor whose outputs are all 0 for these images gives nothing to imprint)"
+        )
     return ImprintedClasses(sums, trainable, counts)
 
 

@@ -64,61 +64,91 @@ class HeldOutScores:
 
     def losses(self, candidate: Candidate) -> np.ndarray:
         """Per-row cross-entropy of the rows with their own class, at the best temperature."""
-        cos = np.where(np.isfinite(self.cosines[candidate]), self.cosines[candidate], -1.0)
-        cos, labels = cos[self.own_class], self.labels[self.own_class]
+        cos = self.cosines[candidate][self.own_class].astype(np.float64)
+        cos = np.where(np.isfinite(cos), cos, -1.0)
+        labels = self.labels[self.own_class]
         return cross_entropy_rows(cos, labels, best_temperature(cos, labels))
 
 
-def _class_sums(z_unit: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    sums = np.zeros((num_classes, z_unit.shape[1]))
-    np.add.at(sums, labels, z_unit)
-    return sums
+def class_means(x: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
+    """[classes, D] mean of each class's rows, in the rows' dtype (zero for absent classes)."""
+    means = np.zeros((num_classes, x.shape[1]), x.dtype)
+    for c in np.unique(y):
+        means[c] = x[y == c].mean(axis=0, dtype=np.float64)
+    return means
 
 
 def _fold_cosines(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_test: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    test: np.ndarray,
     num_classes: int,
     candidates: list[Candidate],
     sample: np.ndarray,
 ) -> tuple[dict[Candidate, np.ndarray], dict[Candidate, tuple[float, float]]]:
-    """Held-out cosines of every candidate fitted on one fold's training part.
+    """Held-out cosines of every candidate fitted on the rows outside `test`.
 
     Whitened vectors are handled in the basis of the within-class scatter: along its axes a
     whitening is a per-axis gain, and the rest of each vector is left as it is. The cosines
-    are those of the whitened vectors, without forming them.
+    are those of the whitened vectors, without forming them: a candidate's gain enters only
+    through [classes, D] class sums and per-row norms, so trying six shrinkages costs no
+    more [N, D] memory than trying one.
     """
-    basis = within_class_basis(x_train, y_train)
-    along_tr, rest_sq_tr = basis.coordinates(x_train)
-    along_te, rest_sq_te = basis.coordinates(x_test)
-    rest_tr = x_train - along_tr @ basis.vectors.T
-    rest_te = x_test - along_te @ basis.vectors.T
+    x_train, y_train, x_test = x[~test], y[~test], x[test]
+    one_hot = np.zeros((num_classes, len(y_train)), x.dtype)
+    one_hot[y_train, np.arange(len(y_train))] = 1.0
     absent = np.bincount(y_train, minlength=num_classes) == 0
     cosines: dict[Candidate, np.ndarray] = {}
     ranges: dict[Candidate, tuple[float, float]] = {}
-    for candidate in candidates:
-        if candidate is PLAIN:
-            sums = _class_sums(unit_rows(x_train), y_train, num_classes)
-            cos = unit_rows(x_test) @ unit_rows(sums).T
+    if PLAIN in candidates:
+        norms = np.sqrt(np.einsum("nd,nd->n", x_train, x_train, dtype=np.float64))
+        sums = ((one_hot / np.maximum(norms, 1e-12).astype(x.dtype)) @ x_train).astype(np.float64)
+        cosines[PLAIN] = unit_rows(x_test.astype(np.float64)) @ unit_rows(sums).T
+    whitened = [c for c in candidates if c is not PLAIN]
+    if whitened:
+        full_rank = len(y_train) > x.shape[1]  # more images than dimensions
+        if full_rank:  # x_train becomes the residuals: one [N, D] array fewer
+            means = class_means(x_train, y_train, num_classes)
+            basis = within_class_basis(x_train, y_train, overwrite=True)
+            vectors = basis.vectors.astype(x.dtype)
+            along_tr = x_train @ vectors + (means @ vectors)[y_train]
+            rest_sq_tr = np.zeros(len(y_train))
         else:
+            basis = within_class_basis(x_train, y_train)
+            along_tr, rest_sq_tr = basis.coordinates(x_train)
+        along_te, rest_sq_te = basis.coordinates(x_test)
+        rest_tr = rest_te = None
+        if basis.vectors.shape[1] < basis.vectors.shape[0]:  # the part outside the basis
+            rest_tr = x_train - along_tr @ basis.vectors.T.astype(x.dtype)
+            rest_te = x_test - along_te @ basis.vectors.T.astype(x.dtype)
+        if full_rank:
+            rest_sq_te = np.zeros(len(x_test))
+        del x_train
+        for candidate in whitened:
+            assert candidate is not None
             gain = basis.factors(candidate)
-            norm_tr = np.sqrt(np.einsum("nr,nr->n", along_tr * gain, along_tr * gain) + rest_sq_tr)
-            norm_te = np.sqrt(np.einsum("nr,nr->n", along_te * gain, along_te * gain) + rest_sq_te)
-            weight = 1.0 / np.maximum(norm_tr, 1e-12)
-            sums_along = _class_sums((along_tr * gain) * weight[:, None], y_train, num_classes)
-            sums_rest = _class_sums(rest_tr * weight[:, None], y_train, num_classes)
-            sums_norm = np.sqrt(
-                np.einsum("cr,cr->c", sums_along, sums_along)
-                + np.einsum("cd,cd->c", sums_rest, sums_rest)
+            g2 = np.square(gain).astype(x.dtype)
+            norm_tr = np.sqrt(np.einsum("nr,nr,r->n", along_tr, along_tr, g2) + rest_sq_tr)
+            norm_te = np.sqrt(np.einsum("nr,nr,r->n", along_te, along_te, g2) + rest_sq_te)
+            weighted = one_hot / np.maximum(norm_tr, 1e-12).astype(x.dtype)
+            sums_along = (weighted @ along_tr).astype(np.float64) * gain
+            sums_norm_sq = np.einsum("cr,cr->c", sums_along, sums_along)
+            dots = (along_te @ (sums_along * gain).T.astype(x.dtype)).astype(np.float64)
+            if rest_tr is not None and rest_te is not None:
+                sums_rest = (weighted @ rest_tr).astype(np.float64)
+                sums_norm_sq = sums_norm_sq + np.einsum("cd,cd->c", sums_rest, sums_rest)
+                dots += rest_te @ sums_rest.T
+            cos = (
+                dots
+                / np.maximum(norm_te, 1e-12)[:, None]
+                / np.sqrt(np.maximum(sums_norm_sq, 1e-24))
             )
-            dots = (along_te * gain) @ sums_along.T + rest_te @ sums_rest.T
-            cos = dots / np.maximum(norm_te, 1e-12)[:, None] / np.maximum(sums_norm, 1e-12)
+            cosines[candidate] = cos
             if len(sample):
                 z = x_test[sample] + (along_te[sample] * (gain - 1.0)) @ basis.vectors.T
                 ranges[candidate] = (float(z.min()), float(z.max()))
+    for cos in cosines.values():
         cos[:, absent] = -np.inf
-        cosines[candidate] = cos
     return cosines, ranges
 
 
@@ -131,7 +161,8 @@ def cross_validate(
     folds: int = DEFAULT_FOLDS,
 ) -> HeldOutScores:
     """Held-out cosines of every candidate, over `folds` folds (repeated for small sets)."""
-    x = np.asarray(embeddings, np.float64)
+    # float32 halves the memory of the [N, D] work arrays; sums and cosines are float64.
+    x = np.asarray(embeddings, np.float32)
     y = np.asarray(labels, np.int64)
     repeats = 2 if len(y) < SMALL_SET else 1
     all_cos: dict[Candidate, list[np.ndarray]] = {c: [] for c in candidates}
@@ -142,15 +173,14 @@ def cross_validate(
     for repeat in range(repeats):
         fold_of = stratified_folds(y, folds, seed * 1009 + repeat)
         own.append(has_own_class(y, fold_of))
-        per_candidate = {c: np.full((len(y), num_classes), -np.inf) for c in candidates}
+        # float32: seven candidates' [N, C] cosines are the largest thing kept
+        per_candidate = {c: np.full((len(y), num_classes), -np.inf, np.float32) for c in candidates}
         for fold in range(folds):
             test = fold_of == fold
             if not test.any() or test.all():
                 continue
             sample = rng.permutation(int(test.sum()))[:RANGE_SAMPLE]
-            cos, ranges = _fold_cosines(
-                x[~test], y[~test], x[test], num_classes, candidates, sample
-            )
+            cos, ranges = _fold_cosines(x, y, test, num_classes, candidates, sample)
             for c in candidates:
                 per_candidate[c][test] = cos[c]
             for c, (lo, hi) in ranges.items():

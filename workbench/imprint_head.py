@@ -74,6 +74,15 @@ class ImprintingHead:
 
     `cosine_range` and `value_range` (the whitening layer's output, when whitened) are the
     8-bit ranges of the exported layers, set from images held out of cross-validation.
+
+        >>> import workbench as wb
+        >>> emb = wb.embed("flowers/")
+        >>> plain = ImprintOptions(whiten=False)
+        >>> head = ImprintingHead.fit(emb.train_x, emb.train_y, options=plain)
+        >>> head.classes.num_classes, head.whitening is None
+        (3, True)
+        >>> [p.name for p in head.export(emb.extractor, "flowers.tflite", labels=emb.classes)]
+        ['flowers.tflite', 'flowers.txt']
     """
 
     classes: ImprintedClasses
@@ -100,11 +109,13 @@ class ImprintingHead:
         False: Coral's plain imprinting; a number: whiten at that shrinkage. With a `base`
         holding classes, see `_continued`.
         """
-        x = np.asarray(embeddings, np.float64)
+        x = np.asarray(embeddings)
+        if x.dtype != np.float32:  # float32 (what extraction gives) is used as it is
+            x = x.astype(np.float64, copy=False)
         y = np.asarray(labels, np.int64)
         num_classes = int(y.max()) + 1 if num_classes is None else num_classes
         if base is not None and base.classes.num_classes:
-            return cls._continued(x, y, num_classes, base)
+            return cls._continued(x.astype(np.float64, copy=False), y, num_classes, base)
         whiten = False if base is not None and base.l2norm is not None else options.whiten
         if whiten is True:
             candidates: list[float | None] = [PLAIN, *SHRINKAGES]
@@ -118,8 +129,8 @@ class ImprintingHead:
         features = x if whitening is None else whitening.apply(x)
         floor = 0.0 if choice.shrinkage is PLAIN and x.min() >= 0 else -1.0
         scale, window = calibrate(
-            held_out.cosines[choice.shrinkage], held_out.labels, held_out.own_class,
-            num_classes, floor, len(y),
+            held_out.cosines[choice.shrinkage].astype(np.float64), held_out.labels,
+            held_out.own_class, num_classes, floor, len(y),
         )  # fmt: skip
         values = None
         if whitening is not None:

@@ -257,6 +257,10 @@ class LoadedModel:
             self._replicas.append(load_model(self.path, num_threads=1, content=self.content))
         return self._replicas[:count]
 
+    def release_replicas(self) -> None:
+        """Drop the copies (their tensor arenas) once a long extraction is over."""
+        self._replicas.clear()
+
 
 def load_model(
     path: str | Path,
@@ -288,6 +292,7 @@ def load_model(
                     "without the _edgetpu suffix)"
                 ) from None
             raise
+    failure: str | None
     with native_stderr() as native:
         try:
             interpreter = Interpreter(

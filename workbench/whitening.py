@@ -43,7 +43,11 @@ class Whitening:
     shrinkage: float = 1.0
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        return (np.asarray(x, np.float64) - self.mean) @ self.matrix.T
+        """Whitened rows; float32 input stays float32 (half the memory on large sets)."""
+        x = np.asarray(x)
+        dtype = np.float32 if x.dtype == np.float32 else np.float64
+        centered = np.subtract(x, self.mean, dtype=dtype)
+        return centered @ self.matrix.T.astype(dtype)
 
     @property
     def bias(self) -> np.ndarray:
@@ -104,13 +108,15 @@ class Whitening:
 
 def within_class_scatter(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Pooled covariance of embeddings around their class means."""
-    x = np.asarray(embeddings, np.float64)
+    x = np.asarray(embeddings)
+    if x.dtype != np.float32:  # float32 rows stay float32: the [N, D] copy is the big one
+        x = x.astype(np.float64, copy=False)
     labels = np.asarray(labels)
     residuals = x.copy()
     for c in np.unique(labels):
         rows = labels == c
-        residuals[rows] -= x[rows].mean(axis=0)
-    return residuals.T @ residuals / max(len(x), 1)
+        residuals[rows] -= x[rows].mean(axis=0, dtype=np.float64).astype(x.dtype)
+    return (residuals.T @ residuals).astype(np.float64) / max(len(x), 1)
 
 
 def whitening_from_scatter(
@@ -123,7 +129,10 @@ def whitening_from_scatter(
     if level <= 0.0:
         matrix = np.eye(dim)
     else:
-        eigenvalues, vectors = np.linalg.eigh(scatter + ridge * np.eye(dim))
+        ridged = scatter.copy()
+        ridged[np.diag_indices(dim)] += ridge
+        eigenvalues, vectors = np.linalg.eigh(ridged)
+        del ridged
         eigenvalues = np.maximum(eigenvalues, ridge * 1e-6)
         # Scaled so a typical direction keeps unit gain: only the relative weighting matters
         # to cosines, and values near the input's keep the exported layer's range familiar.
@@ -139,8 +148,10 @@ def fit_whitening(
     `shrinkage` is the multiple of the mean eigenvalue added to every eigenvalue: larger
     values whiten more gently (infinity would leave the embeddings as they are).
     """
-    x = np.asarray(embeddings, np.float64)
-    mean = x.mean(axis=0) if center else np.zeros(x.shape[1])
+    x = np.asarray(embeddings)
+    if x.dtype != np.float32:  # float32 stays float32: no [N, D] float64 copy
+        x = x.astype(np.float64, copy=False)
+    mean = x.mean(axis=0, dtype=np.float64) if center else np.zeros(x.shape[1])
     return whitening_from_scatter(within_class_scatter(x, labels), mean, len(x), shrinkage)
 
 
@@ -172,29 +183,46 @@ class WithinClassBasis:
         return np.eye(dim) + scaled @ self.vectors.T
 
     def coordinates(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(components along `vectors` [N, r], squared norm of the rest [N]) of each row."""
-        x = np.asarray(x, np.float64)
-        along = x @ self.vectors
-        rest = np.maximum(np.einsum("nd,nd->n", x, x) - np.einsum("nr,nr->n", along, along), 0)
+        """(components along `vectors` [N, r], squared norm of the rest [N]) of each row.
+
+        The [N, r] result keeps the dtype of `x` (float32 halves the memory of large sets);
+        the norms are float64.
+        """
+        x = np.asarray(x)
+        if x.dtype != np.float32:
+            x = x.astype(np.float64, copy=False)
+        along = x @ self.vectors.astype(x.dtype, copy=False)
+        total = np.einsum("nd,nd->n", x, x, dtype=np.float64)
+        rest = np.maximum(total - np.einsum("nr,nr->n", along, along, dtype=np.float64), 0)
         return along, rest
 
 
-def within_class_basis(embeddings: np.ndarray, labels: np.ndarray) -> WithinClassBasis:
-    """The within-class scatter's eigen-decomposition, through the smaller Gram form."""
-    x = np.asarray(embeddings, np.float64)
-    residuals = x.copy()
+def within_class_basis(
+    embeddings: np.ndarray, labels: np.ndarray, overwrite: bool = False
+) -> WithinClassBasis:
+    """The within-class scatter's eigen-decomposition, through the smaller Gram form.
+
+    `overwrite` lets it turn `embeddings` (float32 or float64) into the residuals in place
+    instead of copying them: for callers that hold a copy of their own.
+    """
+    x = np.asarray(embeddings)
+    if x.dtype != np.float32:
+        x = x.astype(np.float64, copy=False)
+    # [N, D] in the input's precision; the eigenproblem in float64
+    residuals = x if overwrite else x.copy()
     labels = np.asarray(labels)
     for c in np.unique(labels):
         rows = labels == c
-        residuals[rows] -= x[rows].mean(axis=0)
+        residuals[rows] -= x[rows].mean(axis=0, dtype=np.float64).astype(x.dtype)
     n, dim = residuals.shape
-    level = float(np.einsum("nd,nd->", residuals, residuals)) / max(n, 1) / dim
+    level = float(np.einsum("nd,nd->", residuals, residuals, dtype=np.float64)) / max(n, 1) / dim
     if n < dim:
-        values, u = np.linalg.eigh(residuals @ residuals.T / max(n, 1))
+        gram = (residuals @ residuals.T).astype(np.float64) / max(n, 1)
+        values, u = np.linalg.eigh(gram)
         keep = values > 1e-10 * max(float(values.max(initial=0.0)), 1e-300)
         values, u = values[keep], u[:, keep]
-        vectors = residuals.T @ u / np.sqrt(values * max(n, 1))
+        vectors = (residuals.T @ u.astype(x.dtype)).astype(np.float64) / np.sqrt(values * max(n, 1))
     else:
-        values, vectors = np.linalg.eigh(residuals.T @ residuals / n)
+        values, vectors = np.linalg.eigh((residuals.T @ residuals).astype(np.float64) / n)
         values = np.maximum(values, 0.0)
     return WithinClassBasis(vectors, values, level)
