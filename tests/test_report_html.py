@@ -237,6 +237,69 @@ def test_failed_agreement_is_a_warning(flower_report: dict[str, Any]) -> None:
     assert "only 87.4% of held-out images" in page.all_text()
 
 
+def test_scoring_training_images_is_flagged_in_headline(flower_report: dict[str, Any]) -> None:
+    """`evaluate --allow-overlap` that scored training images: an alert above the figures."""
+    flower_report.update(
+        trainer=None,
+        evaluation={"method": "given split", "overlap": 312, "overlap_allowed": True},
+    )
+    page = Page(render_report(flower_report))
+    summary = next(s for s in page.find("section") if s.attrs.get("id") == "summary")
+    alert = next(p for p in summary.descendants("p") if p.has_class("alert"))
+    assert summary.children[0] is alert  # first in the page's body, before the cards
+    assert "312 of the 780 images scored were training images" in alert.text
+    assert "--allow-overlap" in alert.text and "Inflated" in alert.text
+    warned = page.find("div", "warn")
+    assert [card.text for card in warned] == ["312of them training images"]
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "shown"),
+    [
+        ({"method": "model's split", "overlap": 0, "overlap_allowed": False}, None),
+        ({"method": "head+sample", "sample": 64, "identical": True}, None),  # a training run
+        (None, None),
+        ({"method": "default split", "overlap": None}, "could not be checked"),
+    ],
+)
+def test_no_overlap_no_alarm(
+    flower_report: dict[str, Any], evaluation: dict[str, Any] | None, shown: str | None
+) -> None:
+    flower_report["evaluation"] = evaluation
+    page = Page(render_report(flower_report))
+    assert not page.elements("p", "alert") and not page.find("div", "warn")
+    notes = [p.text for p in page.find("p", "note")]
+    if shown is None:
+        assert not notes
+    else:
+        assert len(notes) == 1 and shown in notes[0]
+
+
+def test_terminal_report_says_training_images_were_scored(
+    flower_report: dict[str, Any],
+) -> None:
+    from rich.console import Console
+
+    from workbench.display import print_report
+    from workbench.report import Report
+
+    flower_report.update(evaluation={"method": "given split", "overlap": 312}, split={})
+    console = Console(width=80, record=True, color_system=None)
+    print_report(console, Report.from_json(flower_report))
+    lines = console.export_text().splitlines()
+    warning = "WARNING: 312 of the 780 images scored were training images of this model"
+    assert lines[0].startswith("WARNING: 312 of the 780 images scored were training images")
+    assert all(len(line) <= 80 for line in lines)  # wrapped between words, not cut
+    assert warning in " ".join(lines[:2]) and "inflated" in lines[1]
+    assert sum(line.startswith("WARNING:") for line in lines) == 2  # again at the end
+    assert "Accuracy (INFLATED)" in lines[2]  # the accuracy table's title
+    flower_report["evaluation"] = {"method": "model's split", "overlap": 0}
+    console = Console(width=80, record=True, color_system=None)
+    print_report(console, Report.from_json(flower_report))
+    text = console.export_text()
+    assert "WARNING" not in text and "INFLATED" not in text and "Held-out accuracy" in text
+
+
 def test_per_class_rows_sorted_worst_first(flower_report: dict[str, Any]) -> None:
     page = Page(render_report(flower_report))
     rows = page.table("per-class-table")
@@ -559,7 +622,8 @@ def test_evaluate_report_with_few_fields_renders() -> None:
     }
     page = Page(render_report(report))
     assert "workbench evaluation: dataset" in page.all_text()
-    assert ["used for training", "3", "1\u20132 per class"] in page.table("images-table")
+    # No trainer: `evaluate`'s split, whose training part the model may not have trained on.
+    assert ["training part of this split", "3", "1\u20132 per class"] in page.table("images-table")
     assert [row[:5] for row in page.table("per-class-table")[1:]] == [
         ["b", "\u2013", "\u2013", "\u2013", ""],
         ["a", "80.0%", "\u2013", "\u2013", ""],
@@ -653,3 +717,30 @@ def test_chromium_runs_the_sort_script(flower_report: dict[str, Any], tmp_path: 
     dom = dump_dom(tmp_path, render_report(flower_report))
     # The script turns each heading of the sortable table into a button.
     assert dom.count('<button type="button">') == 8
+
+
+def test_terminal_progress_fits_80_columns_and_spins_when_length_unknown() -> None:
+    """Backprop's live line at 80 columns, and a spinner for a step of unknown length."""
+    from rich.console import Console
+
+    from workbench.display import ConsoleReporter
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=80, force_terminal=True, color_system=None)
+    reporter = ConsoleReporter(console)
+    with reporter.task("training", 103) as advance:
+        advance(1, status="choosing reg: fold 1/3")
+        advance(1, status="loss 0.025 train 1.000")
+    with reporter.task("choosing whitening by cross-validation", 0):
+        pass
+    frames = {
+        re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", frame).rstrip()
+        for frame in re.split(r"\x1b\[2K|\r|\n", buffer.getvalue())
+    }
+    frames.discard("")
+    assert frames and all(len(frame) <= 80 and "\u2026" not in frame for frame in frames)
+    assert any(f.endswith("loss 0.025 train 1.000") for f in frames)
+    spinning = [f for f in frames if "choosing whitening by cross-validation" in f]
+    assert spinning and all(
+        f[0] in "\u280b\u2819\u2839\u2838\u283c\u2834\u2826\u2827\u2807\u280f" for f in spinning
+    )

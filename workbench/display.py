@@ -11,6 +11,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -30,7 +31,12 @@ class ConsoleReporter(Reporter):
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[Callable[..., None]]:
-        if self.quiet or total <= 0:
+        """A progress bar; with a `total` of 0 (length unknown), a spinner and the time taken.
+
+        Every bar starts with a spinner too, so a slow step (a cross-validation fold) still
+        shows it is alive between advances.
+        """
+        if self.quiet:
             yield lambda n, status=None: None
             return
         if not self.console.is_terminal:
@@ -43,18 +49,20 @@ class ConsoleReporter(Reporter):
 
             yield log
             return
-        progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[status]}"),
-            console=self.console,
-            transient=True,
-        )
+        status = TextColumn("{task.fields[status]}")
+        if total > 0:
+            columns: tuple[Any, ...] = (
+                SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), status,
+            )  # fmt: skip
+        else:
+            columns = (
+                SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
+                status,
+            )  # fmt: skip
+        progress = Progress(*columns, console=self.console, transient=True)
         with progress:
-            task_id = progress.add_task(description, total=total, status="")
+            task_id = progress.add_task(description, total=total if total > 0 else None, status="")
 
             def advance(n: int, status: str | None = None) -> None:
                 if status is None:
@@ -84,7 +92,34 @@ MATRIX_MAX_CLASSES = 12
 TOP_CONFUSIONS = 15
 
 
+def scored_training_images(report: Report) -> int | None:
+    """How many images scored were training images of the model (`evaluate --allow-overlap`).
+
+    0 when none were or nothing was checked (a training run, an older report); None when the
+    model records no training images, so it could not be checked.
+    """
+    evaluation = report.evaluation
+    if not isinstance(evaluation, dict) or "overlap" not in evaluation:
+        return 0
+    overlap = evaluation["overlap"]
+    return overlap if isinstance(overlap, int) and not isinstance(overlap, bool) else None
+
+
+def overlap_warning(report: Report) -> str | None:
+    """One line saying the accuracies are inflated by training images, if they are."""
+    overlap = scored_training_images(report)
+    if not overlap:
+        return None
+    return (
+        f"WARNING: {overlap} of the {report.num_images} images scored were training images "
+        "of this model (--allow-overlap): these accuracies are inflated"
+    )
+
+
 def accuracy_table(report: Report, title: str = "Held-out accuracy") -> Table:
+    overlap = scored_training_images(report)
+    if overlap:
+        title = "Accuracy (INFLATED)"
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right", no_wrap=True)
@@ -133,23 +168,21 @@ def top_confusions(report: Report, limit: int = TOP_CONFUSIONS) -> list[tuple[st
 def counts_line(report: Report) -> str:
     """Images trained on, held out, left out by the cap, unreadable, skipped: one line."""
     counts = report.counts
-    parts = [
-        f"trained on {sum(counts.get('train', {}).values())} images",
-        f"held out {sum(counts.get('test', {}).values())}",
-    ]
+    parts = [f"trained on {sum(counts['train'].values())}"] if "train" in counts else []
+    parts.append(f"held out {sum(counts.get('test', {}).values())}")
     if "unused" in counts:
         parts.append(f"unused by the cap {sum(counts['unused'].values())}")
     parts.append(f"unreadable {len(report.unreadable)}")
     parts.append(f"skipped files {len(report.skipped_files)}")
-    return f"{len(report.classes)} classes: " + ", ".join(parts)
+    return f"{len(report.classes)} classes, images: " + ", ".join(parts)
 
 
 def timing_line(report: Report) -> str | None:
     timing = report.timing
     if not timing:
         return None
-    names = {"extract_s": "extract", "train_s": "train", "evaluate_s": "export+evaluate",
-             "total_s": "total"}  # fmt: skip
+    names = {"extract_s": "extract", "train_s": "train", "export_s": "export",
+             "evaluate_s": "evaluate", "total_s": "total"}  # fmt: skip
     parts = [f"{label} {timing[key]:.1f} s" for key, label in names.items() if key in timing]
     return "time: " + ", ".join(parts)
 
@@ -177,17 +210,29 @@ def curve_table(result: dict[str, Any]) -> Table:
 
 
 def print_report(console: Console, report: Report) -> None:
+    warning = overlap_warning(report)
+    if warning:  # above the figures it qualifies, and again at the end, where eyes land
+        console.print(warning, style="bold red", markup=False, highlight=False)
     console.print(accuracy_table(report))
     console.print(per_class_table(report))
     if len(report.classes) <= MATRIX_MAX_CLASSES:
         console.print(confusion_table(report))
     else:
         console.print(
-            "Top confusions (true -> predicted: images; the full matrix is in the report)"
-        )
+            "Top confusions (true -> predicted: images; the full matrix is in the report)",
+            markup=False, highlight=False,
+        )  # fmt: skip
         for true, predicted, count in top_confusions(report):
             console.print(f"  {true} -> {predicted}: {count}", markup=False, highlight=False)
-    console.print(counts_line(report), markup=False, highlight=False, soft_wrap=True)
+    console.print(counts_line(report), markup=False, highlight=False)  # wraps between words
+    if warning:
+        console.print(warning, style="bold red", markup=False, highlight=False)
+    elif scored_training_images(report) is None:
+        console.print(
+            "note: the model records no training images; none of the images scored could be "
+            "checked against them",
+            markup=False, highlight=False,
+        )  # fmt: skip
     line = timing_line(report)
     if line:
         console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -50,6 +50,7 @@ p{margin:.4em 0}.muted{color:var(--muted)}
 .card.warn{border-color:var(--bad);background:var(--bad-bg)}.card.warn .value{color:var(--bad)}
 .alert{border:2px solid var(--bad);background:var(--bad-bg);color:var(--bad);border-radius:8px;
 padding:10px 14px;margin:12px 0;font-weight:600}
+.note{border-left:4px solid #b8bec7;padding:4px 10px;margin:12px 0;color:var(--muted)}
 .scroll{overflow:auto;max-width:100%;-webkit-overflow-scrolling:touch}
 table{border-collapse:collapse;font-variant-numeric:tabular-nums}
 th,td{padding:4px 9px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
@@ -69,7 +70,10 @@ table.kv td{text-align:left;white-space:normal;overflow-wrap:anywhere}
 .side-by-side{display:flex;flex-wrap:wrap;gap:8px 40px;align-items:flex-start}
 .side-by-side>*{min-width:0}
 .scroll.wide{max-width:none;width:calc(100vw - 32px);position:relative;left:50%;
-transform:translateX(-50%)}.wide>svg{display:block;margin:0 auto}h3{font-size:1rem;margin:.4em 0}
+transform:translateX(-50%)}.wide>.heatmap-frame{margin:0 auto}h3{font-size:1rem;margin:.4em 0}
+.heatmap-frame{display:flex;width:max-content;align-items:flex-start}
+.heatmap-frame svg{display:block;flex:none}
+svg.heatmap-rows{position:sticky;left:0;z-index:1;background:#fff}
 ol.confusions{padding-left:2em;margin:.4em 0}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(112px,1fr));gap:10px}
 .gallery figure{margin:0;font-size:.78rem;line-height:1.3;overflow-wrap:anywhere}
@@ -92,7 +96,8 @@ details{margin:.5em 0}summary{cursor:pointer;color:#0b5cad}
 ul.files{font-size:.85rem;overflow-wrap:anywhere}
 @media print{.scroll,.scroll.tall{overflow:visible;max-height:none}}
 @media (max-width:520px){body{font-size:14px}main{padding:8px 10px 40px}
-.card .value{font-size:1.3rem}.card.main .value{font-size:1.6rem}}
+.card .value{font-size:1.3rem}.card.main .value{font-size:1.6rem}
+figure.chart svg{font-size:14px}svg .chart-title{font-size:15px}}
 """
 
 # Progressive enhancement: headers become sort buttons only when the script runs.
@@ -227,9 +232,40 @@ def _headline_section(report: dict[str, Any]) -> str:
             )
     if _is_number(report.get("num_images")):
         cards.append(_card("held-out images", f"{report['num_images']:,}"))
+    overlap = _scored_training_images(report)
+    if overlap:
+        hint = "evaluated with --allow-overlap: images the model was trained on were scored"
+        cards.append(_card("of them training images", f"{overlap:,}", "warn", hint))
+        alert += (
+            '<p class="alert" role="alert" id="overlap">Inflated: '
+            f"{overlap:,} of the {_count_text(report.get('num_images'))} images scored were "
+            "training images of this model (evaluated with --allow-overlap). These accuracies "
+            "overstate how it does on new images.</p>"
+        )
+    elif overlap is None:
+        alert += (
+            '<p class="note" id="overlap">The model records no training images, so whether '
+            "any image scored was one of them could not be checked.</p>"
+        )
     if not cards:
-        return ""
+        return alert and f'<section id="summary">{alert}</section>'
     return f'<section id="summary">{alert}<div class="cards">{"".join(cards)}</div></section>'
+
+
+def _count_text(value: Any) -> str:
+    return f"{value:,}" if _is_number(value) else "?"
+
+
+def _scored_training_images(report: dict[str, Any]) -> int | None:
+    """Training images among those scored (`evaluate --allow-overlap`); None: not checkable.
+
+    0 when none were, or when the report is of a run that checks nothing (training, old).
+    """
+    evaluation = report.get("evaluation")
+    if not isinstance(evaluation, dict) or "overlap" not in evaluation:
+        return 0
+    overlap = evaluation["overlap"]
+    return int(overlap) if _is_number(overlap) else None
 
 
 # ---- images used ------------------------------------------------------------------------------
@@ -263,12 +299,22 @@ def _per_class_range(values: dict[str, int]) -> str:
     return f"{low} per class" if low == high else f"{low}\u2013{high} per class"
 
 
+def _trained(report: dict[str, Any]) -> bool:
+    """True for a training run's report.
+
+    False for `evaluate`'s: its split (maybe another seed or cap than the model's) has a
+    training part the model was not necessarily trained on.
+    """
+    return bool(report.get("trainer"))
+
+
 def _images_section(report: dict[str, Any]) -> str:
     roles = _class_counts(report)
+    train = "used for training" if _trained(report) else "training part of this split"
     rows = [
         (label, sum(roles[role].values()), _per_class_range(roles[role]))
         for role, label in (
-            ("train", "used for training"),
+            ("train", train),
             ("test", "held out for evaluation"),
             ("unused", "left out by the per-class cap"),
         )
@@ -352,7 +398,10 @@ def _per_class_section(report: dict[str, Any]) -> str:
     roles = _class_counts(report)
     count_columns = [("held out", None)] + [
         (label, role)
-        for role, label in (("train", "trained on"), ("unused", "unused"))
+        for role, label in (
+            ("train", "trained on" if _trained(report) else "split's train"),
+            ("unused", "unused"),
+        )
         if role in roles
     ]
     confusion = _confusion(report)
@@ -456,13 +505,18 @@ def _mistake_figure(mistake: dict[str, Any]) -> str:
         picture = f'<div class="placeholder" role="img" aria-label="{why}">{why}</div>'
     else:
         picture = f'<img src="{uri}" alt="{escape(true)} predicted as {escape(predicted)}">'
-    score = mistake.get("score")
-    score_text = f" ({score:.2f})" if isinstance(score, int | float) else ""
+    score: Any = mistake.get("score")
+    score_text = f" ({_score_text(score)})" if _is_number(score) else ""
     return (
         f'<figure title="{escape(file)}">{picture}<figcaption>{_breakable(true)}<br>'
         f'<span class="wrong">\u2192 {_breakable(predicted)}{score_text}</span></figcaption>'
         "</figure>"
     )
+
+
+def _score_text(score: float) -> str:
+    """Two decimals; three below 0.1, where 100-class scores sit (0.02 and 0.024 differ)."""
+    return f"{score:.2f}" if abs(score) >= 0.1 else f"{score:.3f}"
 
 
 def _breakable(name: str) -> str:
@@ -629,6 +683,7 @@ def _details_section(report: dict[str, Any]) -> str:
     parts = [
         _key_values_section("Run", {key: report.get(key) for key in RUN_KEYS}),
         _key_values_section("Settings", report.get("settings") or {}),
+        _key_values_section("Evaluation", report.get("evaluation") or {}),
         _key_values_section("Timing (seconds)", report.get("timing") or {}),
         _key_values_section("Head", report.get("head") or {}, open_=False),
         _key_values_section("Embedding cache", report.get("cache") or {}, open_=False),

@@ -260,7 +260,7 @@ def confusion_order(matrix: Sequence[Sequence[int]]) -> list[int]:
 class HeatmapLayout:
     """Pixel geometry: big cells with counts for a few classes, small ones for 100.
 
-    The SVG keeps this fixed size on every screen (its container scrolls), so labels stay
+    The SVGs keep this fixed size on every screen (their container scrolls), so labels stay
     readable on a phone instead of shrinking with the page.
     """
 
@@ -272,24 +272,32 @@ class HeatmapLayout:
     left: int = 0  # margins around the grid, for the labels
     top: int = 0
     right: int = 0
+    bottom: int = 4
 
     @classmethod
     def fit(cls, row_labels: Sequence[str], column_labels: Sequence[str]) -> HeatmapLayout:
         n = len(column_labels)
+        # 24 characters hold nearly every real class name whole (Food-101's longest is 23);
+        # cut shorter, names that differ in the middle or at the end become indistinguishable.
         if n <= 8:
-            layout = cls(cell=52, font=12, label_chars=20, counts_inside=True, draw_zeros=True)
+            layout = cls(cell=52, font=12, label_chars=24, counts_inside=True, draw_zeros=True)
         elif n <= 16:
-            layout = cls(cell=34, font=11, label_chars=18, counts_inside=True, draw_zeros=True)
+            layout = cls(cell=34, font=11, label_chars=24, counts_inside=True, draw_zeros=True)
         elif n <= 40:
-            layout = cls(cell=18, font=11, label_chars=18, counts_inside=False, draw_zeros=True)
+            layout = cls(cell=18, font=11, label_chars=24, counts_inside=False, draw_zeros=True)
         else:
-            layout = cls(cell=12, font=10, label_chars=16, counts_inside=False, draw_zeros=False)
+            layout = cls(cell=12, font=10, label_chars=24, counts_inside=False, draw_zeros=False)
         row_px = max(len(layout.short(x)) for x in row_labels) * layout.char_px
         column_px = max(len(layout.short(x)) for x in column_labels) * layout.char_px
         left = max(90, round(row_px) + 12)
         top = round(column_px * (1.0 if layout.vertical else 0.72)) + 34
         right = 8 if layout.vertical else round(column_px * 0.72)  # slanted labels lean right
-        return dataclasses.replace(layout, left=left, top=top, right=right)
+        # A tall matrix repeats its column names below, in view while reading its last rows.
+        bottom = round(column_px) + 10 if layout.labels_below(len(row_labels)) else 4
+        return dataclasses.replace(layout, left=left, top=top, right=right, bottom=bottom)
+
+    def labels_below(self, rows: int) -> bool:
+        return self.vertical and rows > 30
 
     @property
     def char_px(self) -> float:
@@ -310,12 +318,13 @@ def confusion_heatmap(
     matrix: Sequence[Sequence[int]],
     cluster: bool = False,
 ) -> str:
-    """The confusion matrix as an SVG heatmap.
+    """The confusion matrix as an SVG heatmap, its row names in a second SVG beside it.
 
     Rows are true classes, columns predictions (columns past the rows, e.g. "(other)", stay
     last). A cell's colour is its share of the row; its `<title>` gives the exact count. A
     column is the diagonal when its label is the row's. `cluster` reorders rows and columns
-    with `confusion_order`.
+    with `confusion_order`. The row names stay in view (CSS `position: sticky`) while a
+    matrix wider than the screen scrolls sideways under them.
     """
     order = confusion_order(matrix) if cluster else list(range(len(row_labels)))
     columns = order + list(range(len(row_labels), len(column_labels)))
@@ -324,44 +333,61 @@ def confusion_heatmap(
     layout = HeatmapLayout.fit(rows, labels)
     cell, left, top = layout.cell, layout.left, layout.top
     grid_w, grid_h = cell * len(labels), cell * len(rows)
-    width, height = left + grid_w + layout.right, top + grid_h + 4
-    parts = [
-        f'<svg class="heatmap" width="{width}" height="{height}" viewBox="0 0 {width} {height}"'
-        f' role="img" aria-label="confusion matrix" style="font-size:{layout.font}px">',
-        f'<text x="{left}" y="14" class="axis-label">predicted \u2192</text>',
+    width, height = grid_w + layout.right, top + grid_h + layout.bottom
+    # Both SVGs share the page's coordinates: the grid's view box starts where the names end.
+    names = [
+        f'<svg class="heatmap-rows" width="{left}" height="{height}"'
+        f' viewBox="0 0 {left} {height}" aria-hidden="true" style="font-size:{layout.font}px">',
         f'<text x="4" y="{top - 8}" class="axis-label">true \u2193</text>',
+    ]
+    grid = [
+        f'<svg class="heatmap" width="{width}" height="{height}"'
+        f' viewBox="{left} 0 {width} {height}" role="img" aria-label="confusion matrix"'
+        f' style="font-size:{layout.font}px">',
+        f'<text x="{left}" y="14" class="axis-label">predicted \u2192</text>',
         f'<rect x="{left}" y="{top}" width="{grid_w}" height="{grid_h}" fill="{EMPTY_CELL}"/>',
     ]
-    parts += _column_labels(labels, layout)
+    grid += _column_labels(labels, layout)
+    if layout.labels_below(len(rows)):
+        grid += _column_labels(labels, layout, below=top + grid_h)
     for i, (name, source) in enumerate(zip(rows, order, strict=True)):
         counts = [matrix[source][j] for j in columns]
-        parts.append(_row(name, labels, counts, top + i * cell, layout))
+        y = top + i * cell
+        names.append(_row_label(name, sum(counts), y, layout))
+        grid.append(_row(name, labels, counts, y, layout))
     if len(rows) > 30:
-        parts.append(_guide_lines(len(rows), len(labels), layout))
-    parts.append("</svg>")
-    return "".join(parts)
+        grid.append(_guide_lines(len(rows), len(labels), layout))
+    return f'<div class="heatmap-frame">{"".join(names)}</svg>{"".join(grid)}</svg></div>'
 
 
-def _column_labels(labels: Sequence[str], layout: HeatmapLayout) -> list[str]:
-    angle = -90 if layout.vertical else -45
+def _column_labels(
+    labels: Sequence[str], layout: HeatmapLayout, below: int | None = None
+) -> list[str]:
+    """Column names over the grid (slanted or upright), or upright under it at `below`."""
+    angle = -90 if layout.vertical or below is not None else -45
+    anchor = "" if below is None else ' text-anchor="end"'
     parts = []
     for j, name in enumerate(labels):
         x = layout.left + j * layout.cell + layout.cell / 2 + layout.font * 0.35
-        y = layout.top - 5
+        y = layout.top - 5 if below is None else below + 5
         parts.append(
-            f'<text x="{x:.1f}" y="{y}" transform="rotate({angle} {x:.1f} {y})">'
+            f'<text x="{x:.1f}" y="{y}" transform="rotate({angle} {x:.1f} {y})"{anchor}>'
             f"<title>{escape(name)}</title>{escape(layout.short(name))}</text>"
         )
     return parts
 
 
-def _row(name: str, labels: Sequence[str], counts: list[int], y: int, layout: HeatmapLayout) -> str:
-    total = sum(counts)
-    parts = [
+def _row_label(name: str, total: int, y: int, layout: HeatmapLayout) -> str:
+    return (
         f'<text x="{layout.left - 5}" y="{y + layout.cell / 2 + layout.font * 0.35:.1f}"'
         f' text-anchor="end"><title>{escape(name)}: {total} held out</title>'
         f"{escape(layout.short(name))}</text>"
-    ]
+    )
+
+
+def _row(name: str, labels: Sequence[str], counts: list[int], y: int, layout: HeatmapLayout) -> str:
+    total = sum(counts)
+    parts = []
     for j, count in enumerate(counts):
         if count or layout.draw_zeros:
             x = layout.left + j * layout.cell
