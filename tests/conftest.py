@@ -1,20 +1,28 @@
-"""Shared fixtures: tiny real models and synthetic image folders, plus ../shared when present."""
+"""Shared fixtures: tiny real models, synthetic image folders, and the CLI's JSON output.
+
+Helpers that tests call directly (model and image builders, ../shared paths, CLI runners)
+live in tests/builders.py; this file only holds fixtures.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.builders import make_dataset, tiny_extractor, write_model
-
-SHARED = Path(
-    os.environ.get("WORKBENCH_SHARED", Path(__file__).resolve().parents[1].parent / "shared")
+from tests.builders import CORAL as CORAL  # re-exported: test_metadata imports it from here
+from tests.builders import (
+    CliJson,
+    invoke,
+    make_dataset,
+    make_flowers,
+    run_cli,
+    tiny_extractor,
+    write_model,
 )
-CORAL = SHARED / "coral"
-FLOWERS = SHARED / "datasets" / "flower_photos"
-CORAL_EXTRACTOR = CORAL / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
+from tests.builders import shared_file as shared_file  # re-exported, as CORAL
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,11 +33,25 @@ def private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def shared_file(path: Path) -> Path:
-    """The path, or skip the test when ../shared (not shipped to users) is absent."""
-    if not path.exists():
-        pytest.skip(f"{path} not available (../shared is only on development machines)")
-    return path
+@pytest.fixture(scope="session")
+def cli() -> CliJson:
+    """`cli("imprint", data, "-e", model)`: the command's `--json` output, once it exited 0.
+
+    `--json` is added when missing. The command runs in this process (typer's runner);
+    `fresh=True` runs it in a new interpreter, as a user does (in `cwd`, if given). A failed
+    run fails the test with its exit code and both streams; for commands expected to fail,
+    use `tests.builders.invoke` / `run_cli` and `assert_error`.
+    """
+
+    def run(*args: object, fresh: bool = False, cwd: Path | None = None) -> Any:
+        argv = [str(a) for a in args]
+        if "--json" not in argv:
+            argv.append("--json")
+        outcome = run_cli(*argv, cwd=cwd) if fresh else invoke(*argv)
+        assert outcome.code == 0, outcome.describe()
+        return outcome.json()
+
+    return run
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +82,20 @@ def five_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
         per_class=16,
         fmt="jpg",
     )
+
+
+@pytest.fixture
+def docs_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models: dict[str, Path]) -> Path:
+    """A fresh current folder with `flowers/` and `more_flowers/`, for the docs' examples.
+
+    flowers/ has daisy, roses and tulips, 8 images each; more_flowers/ has 8 other daisies
+    and 8 sunflowers.
+
+    The examples use the bundled extractor; here the tiny uint8 one stands in for it, so they
+    run in a second (the bundled EfficientNet-Lite0 itself is tested in test_models.py).
+    """
+    make_flowers(tmp_path / "flowers")
+    make_flowers(tmp_path / "more_flowers", classes=("daisy", "sunflowers"), seed=1)
+    monkeypatch.setattr("workbench.models.bundled_model", lambda *name: models["uint8"])
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

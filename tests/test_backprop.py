@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.test_heads import EMBEDDING_QUANT, clustered_features, embedding_graph, run_head
+from tests.builders import EMBEDDING_QUANT, clustered_features, embedding_graph, run_head
 from workbench.backprop import (
     REG_GRID,
     FeatureMap,

@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
-from typer.testing import CliRunner
 
-from tests.builders import tiny_extractor, write_model
-from tests.test_runtime import fake_edgetpu_model, no_edgetpu_runtime
-from workbench.cli import app
+from tests.builders import (
+    CliJson,
+    assert_error,
+    fake_edgetpu_model,
+    invoke,
+    no_edgetpu_runtime,
+    run_cli,
+    tiny_extractor,
+    write_model,
+)
 from workbench.coral_format import imprinting_problems
 from workbench.export import workbench_metadata
 from workbench.images import Preprocessing, load_input
 from workbench.tflite.graph import Graph
-
-runner = CliRunner()
 
 REPORT_KEYS = {
     "classes",
@@ -34,29 +36,12 @@ REPORT_KEYS = {
 }
 
 
-def invoke(*args: str) -> object:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result
-
-
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """The real console entry point in a fresh interpreter, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "workbench", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
-
-
 @pytest.fixture(scope="module")
 def trained(
-    tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path], colors: Path
+    tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path], colors: Path, cli: CliJson
 ) -> Path:
     out = tmp_path_factory.mktemp("trained") / "colors.tflite"
-    result = invoke("imprint", colors, "--extractor", models["uint8"], "--output", out, "--json")
-    assert result.exit_code == 0, result.output
+    cli("imprint", colors, "--extractor", models["uint8"], "--output", out)
     return out
 
 
@@ -87,11 +72,9 @@ def test_exported_model_is_coral_format_with_metadata(trained: Path) -> None:
     assert state[0::2] == ["0", "1", "2"] and all(float(v) > 0 for v in state[1::2])
 
 
-def test_bare_interpreter_agrees_with_classify(trained: Path, colors: Path) -> None:
+def test_bare_interpreter_agrees_with_classify(trained: Path, colors: Path, cli: CliJson) -> None:
     images = sorted(colors.glob("*/*.png"))[::5]
-    result = invoke("classify", trained, *images, "--json", "--top-k", "2")
-    assert result.exit_code == 0, result.output
-    out = json.loads(result.stdout)
+    out = cli("classify", trained, *images, "--top-k", "2")
     assert out["timing"]["first_invoke_ms"] > 0 and out["timing"]["steady_state_runs"] >= 10
 
     interpreter = Interpreter(model_path=str(trained))
@@ -105,40 +88,36 @@ def test_bare_interpreter_agrees_with_classify(trained: Path, colors: Path) -> N
         assert item["top"][0]["label"] == image.parent.name
 
 
-def test_evaluate_reproduces_the_training_split(trained: Path, colors: Path) -> None:
+def test_evaluate_reproduces_the_training_split(trained: Path, colors: Path, cli: CliJson) -> None:
     report = json.loads(trained.with_name("colors.report.json").read_text())
-    result = invoke("evaluate", trained, colors, "--json")
-    assert result.exit_code == 0, result.output
-    again = json.loads(result.stdout)
+    again = cli("evaluate", trained, colors)
     assert again["split"]["test"] == report["split"]["test"]
     assert again["top_k_accuracy"] == report["top_k_accuracy"]
     assert again["confusion_matrix"] == report["confusion_matrix"]
-    reused = invoke(
-        "evaluate", trained, colors, "--split", trained.with_name("colors.report.json"), "--json"
-    )
-    assert json.loads(reused.stdout)["split"]["test"] == report["split"]["test"]
+    reused = cli("evaluate", trained, colors, "--split", trained.with_name("colors.report.json"))
+    assert reused["split"]["test"] == report["split"]["test"]
     # another seed would score images the model was trained on: refused, unless allowed
     refused = invoke("evaluate", trained, colors, "--seed", "5", "--json")
-    assert refused.exit_code == 2 and "were training images of this model" in refused.stderr
-    allowed = invoke("evaluate", trained, colors, "--seed", "5", "--allow-overlap", "--json")
-    other_seed = json.loads(allowed.stdout)
+    assert_error(refused, "were training images of this model")
+    other_seed = cli("evaluate", trained, colors, "--seed", "5", "--allow-overlap")
     assert other_seed["split"]["test"] != report["split"]["test"]
     assert other_seed["evaluation"]["overlap"] > 0 and other_seed["evaluation"]["overlap_allowed"]
     assert again["evaluation"] == {
-        "method": "model's split",
+        "images": "model's split",
         "overlap": 0,
         "overlap_allowed": False,
+        "method": "head+sample",  # the cache holds the extractor outputs of these images
+        "sample": 9,  # all 9 held-out images: fewer than the sample size
+        "identical": True,
     }
 
 
 @pytest.mark.parametrize("kind", ["int8", "float32_2d", "uint8_2d"])
 def test_imprint_works_with_every_extractor_type(
-    tmp_path: Path, models: dict[str, Path], colors: Path, kind: str
+    tmp_path: Path, models: dict[str, Path], colors: Path, kind: str, cli: CliJson
 ) -> None:
     out = tmp_path / "m.tflite"
-    result = invoke("imprint", colors, "-e", models[kind], "-o", out, "--json")
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    report = cli("imprint", colors, "-e", models[kind], "-o", out)
     assert report["top_k_accuracy"][0] == 1.0 and report["agreement"] == 1.0
     assert Graph.load(out).dtype(Graph.load(out).outputs[0]) == (
         np.float32 if kind.startswith("float") else np.uint8
@@ -146,15 +125,11 @@ def test_imprint_works_with_every_extractor_type(
 
 
 def test_five_classes_with_and_without_whitening(
-    tmp_path: Path, models: dict[str, Path], five_classes: Path
+    tmp_path: Path, models: dict[str, Path], five_classes: Path, cli: CliJson
 ) -> None:
     for flag in ("--whiten", "--no-whiten"):
-        result = invoke(
-            "imprint", five_classes, "-e", models["uint8"], "-o", tmp_path / "m.tflite", flag,
-            "--json",
-        )  # fmt: skip
-        assert result.exit_code == 0, result.output
-        report = json.loads(result.stdout)
+        out = tmp_path / "m.tflite"
+        report = cli("imprint", five_classes, "-e", models["uint8"], "-o", out, flag)
         assert report["settings"]["whiten"] is (flag == "--whiten")
         assert report["top_k_accuracy"][0] >= 0.9
         assert report["agreement"] >= 0.9
@@ -164,7 +139,7 @@ def test_default_output_name_is_data_dir_name(
     tmp_path: Path, models: dict[str, Path], colors: Path
 ) -> None:
     result = run_cli("imprint", colors, "--extractor", models["uint8"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.describe()
     name = colors.name
     assert (tmp_path / f"{name}_imprint.tflite").exists()
     assert (tmp_path / f"{name}_imprint.txt").exists()
@@ -180,7 +155,7 @@ def test_unreadable_images_are_skipped_with_a_warning(
     (data / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (data / "green" / "notes.txt").write_text("not an image")
     result = run_cli("imprint", data, "-e", models["uint8"], "-o", tmp_path / "m.tflite")
-    assert result.returncode == 0, result.stderr
+    assert result.code == 0, result.describe()
     assert "broken.jpg" in result.stderr and "skipped unreadable image" in result.stderr
     assert "skipped 1 non-image files (notes.txt)" in result.stderr
     report = json.loads((tmp_path / "m.report.json").read_text())
@@ -197,15 +172,6 @@ def bad_model_files(tmp_path: Path) -> dict[str, Path]:
     files["truncated"].write_bytes(tiny_extractor("uint8")[:300])
     files["empty"].write_bytes(b"")
     return files
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_bad_inputs_give_one_line_and_exit_2(
@@ -229,7 +195,7 @@ def test_bad_inputs_give_one_line_and_exit_2(
         message = "damaged or truncated" if name == "truncated" else "not a TFLite model"
         cases.append((("imprint", colors, "-e", path, "-o", out), [message]))
     for args, needles in cases:
-        assert_one_line_error(run_cli(*args), *needles)
+        assert_error(run_cli(*args), *needles)
     assert not out.exists()
 
 
@@ -243,7 +209,7 @@ def test_model_with_wrong_labels_file_is_refused(
         ("0 cyan\n1 green\n2 red\n", "class folders not among the model's labels: blue"),
     ]:
         labels.write_text(text)
-        assert_one_line_error(run_cli("evaluate", trained, colors, "--labels", labels), needle)
+        assert_error(run_cli("evaluate", trained, colors, "--labels", labels), needle)
 
 
 def test_extractor_that_is_not_an_image_model_is_refused(tmp_path: Path, colors: Path) -> None:
@@ -252,7 +218,7 @@ def test_extractor_that_is_not_an_image_model_is_refused(tmp_path: Path, colors:
     graph.set_inputs([x])
     graph.set_outputs([x])
     path = write_model(tmp_path / "vector.tflite", graph.to_bytes())
-    assert_one_line_error(
+    assert_error(
         run_cli("imprint", colors, "-e", path, "-o", tmp_path / "m.tflite"), "not an RGB image"
     )
 
@@ -260,7 +226,7 @@ def test_extractor_that_is_not_an_image_model_is_refused(tmp_path: Path, colors:
 @no_edgetpu_runtime
 def test_edgetpu_extractor_without_edgetpu_says_use_cpu_build(tmp_path: Path, colors: Path) -> None:
     result = run_cli("imprint", colors, "-e", fake_edgetpu_model(tmp_path), "-o", tmp_path / "m")
-    assert_one_line_error(result, "compiled for the Edge TPU", "CPU build")
+    assert_error(result, "compiled for the Edge TPU", "CPU build")
 
 
 def test_failed_run_leaves_previous_outputs_untouched(
@@ -274,7 +240,7 @@ def test_failed_run_leaves_previous_outputs_untouched(
     for image in (data / "red").iterdir():  # every red image unreadable: training must fail
         image.write_bytes(b"garbage")
     result = run_cli("imprint", data, "-e", models["uint8"], "-o", out)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.code == 2 and "Traceback" not in result.stderr
     *warnings, error = result.stderr.strip().splitlines()
     assert len(warnings) == 12
     assert all(w.startswith("warning: skipped unreadable") for w in warnings)
@@ -294,12 +260,14 @@ def test_python_api_runs_without_the_cli(
 
 def test_help_lists_the_commands() -> None:
     result = invoke("--help")
-    assert result.exit_code == 0
+    assert result.code == 0
     for command in ("imprint", "evaluate", "classify"):
         assert command in result.stdout
 
 
-def test_images_of_any_size_and_mode_are_accepted(tmp_path: Path, models: dict[str, Path]) -> None:
+def test_images_of_any_size_and_mode_are_accepted(
+    tmp_path: Path, models: dict[str, Path], cli: CliJson
+) -> None:
     rng = np.random.default_rng(0)
     for name, color in (("warm", (220, 60, 30)), ("cold", (30, 60, 220))):
         folder = tmp_path / "data" / name
@@ -309,7 +277,22 @@ def test_images_of_any_size_and_mode_are_accepted(tmp_path: Path, models: dict[s
             image = Image.fromarray(pixels)
             image = image.convert("L").convert("RGB") if i == 5 else image
             image.save(folder / f"{i}.{['png', 'jpg', 'bmp', 'gif', 'webp', 'png'][i]}")
-    result = invoke("imprint", tmp_path / "data", "-e", models["uint8"], "-o", tmp_path / "m",
-                    "--json")  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["num_images"] == 4
+    report = cli("imprint", tmp_path / "data", "-e", models["uint8"], "-o", tmp_path / "m")
+    assert report["num_images"] == 4
+
+
+def test_version_alone_prints_the_version() -> None:
+    from workbench import __version__
+
+    outcome = run_cli("--version")
+    assert outcome.code == 0, outcome.describe()
+    assert outcome.stdout.strip() == f"workbench {__version__}"
+
+
+def test_report_renders_a_training_report_again(
+    trained: Path, tmp_path: Path, cli: CliJson
+) -> None:
+    page = tmp_path / "again.html"
+    out = cli("report", trained.with_name("colors.report.json"), "-o", page)
+    assert out == {"html": str(page)}
+    assert page.read_text().startswith("<!DOCTYPE html>") and "colors" in page.read_text()

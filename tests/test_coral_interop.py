@@ -13,13 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from tests.builders import make_dataset, tiny_extractor, write_model
-from tests.conftest import CORAL, CORAL_EXTRACTOR, FLOWERS, shared_file
-from tests.test_runtime import fake_edgetpu_model
+from tests.builders import (
+    CORAL,
+    CORAL_EXTRACTOR,
+    FLOWERS,
+    fake_edgetpu_model,
+    invoke,
+    make_dataset,
+    shared_file,
+    tiny_extractor,
+    write_model,
+)
 from workbench import api
-from workbench.cli import app
 from workbench.coral_format import imprinting_layout, imprinting_problems
 from workbench.pycoral import (
     ImprintingEngine,
@@ -33,13 +39,6 @@ from workbench.runtime import load_model
 from workbench.tflite.graph import Graph, Quant
 from workbench.tflite.heads import append_softmax_regression_tail
 from workbench.tflite.metadata import without_standard_metadata
-
-runner = CliRunner()
-
-
-def cli(*args: object) -> object:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -235,8 +234,8 @@ def test_base_keep_classes_adds_classes_and_extracts_only_new_images(
     path, _ = base_model
     data = make_dataset(tmp_path / "more", classes=("blue", "red"), per_class=8, seed=3)
     out = tmp_path / "three.tflite"
-    result = cli("imprint", data, "--base", path, "--keep-classes", "-o", out, "--json")
-    assert result.exit_code == 0, result.output
+    result = invoke("imprint", data, "--base", path, "--keep-classes", "-o", out, "--json")
+    assert result.code == 0, result.describe()
     report = json.loads(result.stdout)
     assert report["classes"] == ["green", "red", "blue"]  # base ids first, merged by name
     assert out.with_suffix(".txt").read_text() == "0 green\n1 red\n2 blue\n"
@@ -253,14 +252,14 @@ def test_base_keep_classes_adds_classes_and_extracts_only_new_images(
     again = make_dataset(tmp_path / "again", classes=("hstripes",), per_class=8)
     make_dataset(tmp_path / "again", classes=("vstripes",), per_class=8)
     out2 = tmp_path / "five.tflite"
-    result = cli("imprint", again, "--base", out, "--keep-classes", "-o", out2, "--json")
-    assert result.exit_code == 0, result.output
+    result = invoke("imprint", again, "--base", out, "--keep-classes", "-o", out2, "--json")
+    assert result.code == 0, result.describe()
     chained = json.loads(result.stdout)
     assert chained["settings"]["rewhitened"] and chained["top_k_accuracy"][0] == 1.0
     assert chained["classes"] == ["green", "red", "blue", "hstripes", "vstripes"]
     everything = make_dataset(tmp_path / "all", per_class=6, seed=9,
                               classes=("red", "green", "blue", "hstripes", "vstripes"))  # fmt: skip
-    evaluated = json.loads(cli("evaluate", out2, everything, "--json").stdout)
+    evaluated = json.loads(invoke("evaluate", out2, everything, "--json").stdout)
     assert evaluated["top_k_accuracy"][0] == 1.0
 
 
@@ -270,8 +269,8 @@ def test_base_without_keep_classes_has_only_the_new_classes(
     path, _ = base_model
     data = make_dataset(tmp_path / "new", classes=("blue", "vstripes"), per_class=8)
     out = tmp_path / "new.tflite"
-    result = cli("imprint", data, "--base", path, "-o", out, "--json")
-    assert result.exit_code == 0, result.output
+    result = invoke("imprint", data, "--base", path, "-o", out, "--json")
+    assert result.code == 0, result.describe()
     assert json.loads(result.stdout)["classes"] == ["blue", "vstripes"]
 
 
@@ -280,13 +279,13 @@ def test_base_without_whitening_statistics_reuses_its_extractor_to_the_l2norm(
 ) -> None:
     data = make_dataset(tmp_path / "two", classes=("red", "green"), per_class=8)
     base = tmp_path / "plain.tflite"
-    made = cli("imprint", data, "-e", models["uint8"], "--no-whiten", "-o", base, "--json")
-    assert made.exit_code == 0, made.output
+    made = invoke("imprint", data, "-e", models["uint8"], "--no-whiten", "-o", base, "--json")
+    assert made.code == 0, made.describe()
     more = make_dataset(tmp_path / "more", classes=("blue",), per_class=8)
     make_dataset(tmp_path / "more", classes=("vstripes",), per_class=8)
     out = tmp_path / "four.tflite"
-    result = cli("imprint", more, "--base", base, "--keep-classes", "-o", out, "--json")
-    assert result.exit_code == 0, result.output
+    result = invoke("imprint", more, "--base", base, "--keep-classes", "-o", out, "--json")
+    assert result.code == 0, result.describe()
     report = json.loads(result.stdout)
     assert report["settings"]["rewhitened"] is False
     assert report["classes"] == ["green", "red", "blue", "vstripes"]
@@ -303,8 +302,10 @@ def test_base_class_not_trained_by_imprinting_is_refused(
     shutil.copy(path.with_suffix(".txt"), frozen.with_suffix(".txt"))
     data = make_dataset(tmp_path / "more", classes=("red",), per_class=4)
     make_dataset(tmp_path / "more", classes=("blue",), per_class=4)
-    result = cli("imprint", data, "--base", frozen, "--keep-classes", "-o", tmp_path / "o.tflite")
-    assert result.exit_code == 2
+    result = invoke(
+        "imprint", data, "--base", frozen, "--keep-classes", "-o", tmp_path / "o.tflite"
+    )
+    assert result.code == 2
     assert "red" in result.stderr and "not trained by imprinting" in result.stderr
     assert not (tmp_path / "o.tflite").exists()
 
@@ -313,12 +314,14 @@ def test_base_options_are_checked(
     tmp_path: Path, base_model: tuple[Path, Path], models: dict[str, Path]
 ) -> None:
     path, data = base_model
-    both = cli("imprint", data, "--base", path, "-e", models["uint8"], "-o", tmp_path / "a.tflite")
-    assert both.exit_code == 2 and "--base" in both.stderr
-    alone = cli("imprint", data, "-e", models["uint8"], "--keep-classes")
-    assert alone.exit_code == 2 and "--keep-classes needs a base model" in alone.stderr
-    not_imprinting = cli("imprint", data, "--base", models["uint8"], "-o", tmp_path / "b.tflite")
-    assert not_imprinting.exit_code == 2 and "not an imprinting model" in not_imprinting.stderr
+    both = invoke(
+        "imprint", data, "--base", path, "-e", models["uint8"], "-o", tmp_path / "a.tflite"
+    )
+    assert both.code == 2 and "--base" in both.stderr
+    alone = invoke("imprint", data, "-e", models["uint8"], "--keep-classes")
+    assert alone.code == 2 and "--keep-classes needs a base model" in alone.stderr
+    not_imprinting = invoke("imprint", data, "--base", models["uint8"], "-o", tmp_path / "b.tflite")
+    assert not_imprinting.code == 2 and "not an imprinting model" in not_imprinting.stderr
 
 
 # --- extractor surgery ---------------------------------------------------------------------------
@@ -339,8 +342,8 @@ def test_extractor_cut_from_a_classifier_gives_the_extractors_embeddings(
     original = tiny_extractor(dtype)
     classifier = write_model(tmp_path / "clf.tflite", classifier_on(original).to_bytes())
     out = tmp_path / "cut.tflite"
-    result = cli("extractor", classifier, "-o", out, "--json")
-    assert result.exit_code == 0, result.output
+    result = invoke("extractor", classifier, "-o", out, "--json")
+    assert result.code == 0, result.describe()
     info = json.loads(result.stdout)
     assert info["embedding_dim"] == 8 and info["cut_at_tensor"] == "embedding"
     assert info["ops_dropped"] == 2  # FULLY_CONNECTED and SOFTMAX
@@ -360,19 +363,21 @@ def test_extractor_cut_at_a_named_tensor(tmp_path: Path) -> None:
     classifier = write_model(
         tmp_path / "clf.tflite", classifier_on(tiny_extractor("uint8")).to_bytes()
     )
-    result = cli("extractor", classifier, "--tensor", "conv", "-o", tmp_path / "c.tflite", "--json")
-    assert result.exit_code == 0, result.output
+    result = invoke(
+        "extractor", classifier, "--tensor", "conv", "-o", tmp_path / "c.tflite", "--json"
+    )
+    assert result.code == 0, result.describe()
     assert json.loads(result.stdout)["embedding_dim"] == 15 * 15 * 8
-    missing = cli("extractor", classifier, "--tensor", "nope", "-o", tmp_path / "d.tflite")
-    assert missing.exit_code == 2 and "no tensor named 'nope'" in missing.stderr
+    missing = invoke("extractor", classifier, "--tensor", "nope", "-o", tmp_path / "d.tflite")
+    assert missing.code == 2 and "no tensor named 'nope'" in missing.stderr
 
 
 def test_extractor_refuses_logits_inside_the_edgetpu_op(tmp_path: Path) -> None:
     graph = Graph.load(fake_edgetpu_model(tmp_path))
     graph.tensors[graph.outputs[0]].quantization = Quant.per_tensor(0.1, 0).to_schema()
     compiled = write_model(tmp_path / "clf_edgetpu.tflite", graph.to_bytes())
-    result = cli("extractor", compiled, "-o", tmp_path / "x.tflite")
-    assert result.exit_code == 2
+    result = invoke("extractor", compiled, "-o", tmp_path / "x.tflite")
+    assert result.code == 2
     assert "cut the CPU build" in result.stderr and not (tmp_path / "x.tflite").exists()
 
 
@@ -435,8 +440,8 @@ def test_devices_reads_libedgetpus_device_list(tmp_path: Path) -> None:
 def test_bad_device_string_is_refused(tmp_path: Path, models: dict[str, Path]) -> None:
     image = tmp_path / "a.png"
     Image.new("RGB", (32, 32)).save(image)
-    result = cli("classify", models["uint8"], image, "--device", "usb0")
-    assert result.exit_code == 2 and "bad device 'usb0'" in result.stderr
+    result = invoke("classify", models["uint8"], image, "--device", "usb0")
+    assert result.code == 2 and "bad device 'usb0'" in result.stderr
 
 
 # --- on real Coral models (../shared) ------------------------------------------------------------
@@ -445,9 +450,9 @@ def test_bad_device_string_is_refused(tmp_path: Path, models: dict[str, Path]) -
 @pytest.fixture(scope="module")
 def flowers_all_at_once(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("all") / "all.tflite"
-    result = cli("imprint", shared_file(FLOWERS), "-e", shared_file(CORAL_EXTRACTOR), "-o", out,
+    result = invoke("imprint", shared_file(FLOWERS), "-e", shared_file(CORAL_EXTRACTOR), "-o", out,
                  "--json")  # fmt: skip
-    assert result.exit_code == 0, result.output
+    assert result.code == 0, result.describe()
     return json.loads(result.stdout)
 
 
@@ -469,16 +474,16 @@ def test_flowers_three_then_two_is_within_002_of_all_five(
     for name in then:
         (second_dir / name).symlink_to(flowers / name)
     three = tmp_path / "three.tflite"
-    assert cli("imprint", first_dir, "-e", extractor, "-o", three, "--json").exit_code == 0
+    assert invoke("imprint", first_dir, "-e", extractor, "-o", three, "--json").code == 0
     five = tmp_path / "five.tflite"
-    result = cli("imprint", second_dir, "--base", three, "--keep-classes", "-o", five, "--json")
-    assert result.exit_code == 0, result.output
+    result = invoke("imprint", second_dir, "--base", three, "--keep-classes", "-o", five, "--json")
+    assert result.code == 0, result.describe()
     report = json.loads(result.stdout)
     assert set(report["counts"]["train"]) == set(then) and report["settings"]["rewhitened"]
     assert report["extracted_images"] == sum(
         len(report["split"][part][c]) for part in ("train", "test") for c in then
     )
-    merged = json.loads(cli("evaluate", five, flowers, "--json").stdout)
+    merged = json.loads(invoke("evaluate", five, flowers, "--json").stdout)
     assert merged["num_images"] == flowers_all_at_once["num_images"] == 780
     gap = flowers_all_at_once["top_k_accuracy"][0] - merged["top_k_accuracy"][0]
     assert abs(gap) <= 0.02
@@ -491,9 +496,9 @@ def test_flowers_three_then_two_is_within_002_of_all_five(
 def test_extractor_cut_from_coral_mobilenet_v2_imprints_flowers(tmp_path: Path, name: str) -> None:
     flowers = shared_file(FLOWERS)
     cut = tmp_path / "v2_extractor.tflite"
-    result = cli("extractor", shared_file(CORAL / name), "-o", cut, "--json")
-    assert result.exit_code == 0, result.output
+    result = invoke("extractor", shared_file(CORAL / name), "-o", cut, "--json")
+    assert result.code == 0, result.describe()
     assert json.loads(result.stdout)["embedding_dim"] == 1280
-    trained = cli("imprint", flowers, "-e", cut, "-o", tmp_path / "v2.tflite", "--json")
-    assert trained.exit_code == 0, trained.output
+    trained = invoke("imprint", flowers, "-e", cut, "-o", tmp_path / "v2.tflite", "--json")
+    assert trained.code == 0, trained.describe()
     assert json.loads(trained.stdout)["top_k_accuracy"][0] >= 0.80

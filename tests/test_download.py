@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import json
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -72,6 +73,15 @@ def test_flowers_from_a_local_archive(tmp_path: Path, flowers_archive: tuple[Pat
     again = runner.invoke(app, ["datasets", "get", "flowers", "--root", str(tmp_path),
                                 "--url", archive.as_uri(), "--sha256", digest])  # fmt: skip
     assert again.exit_code == 0 and "already there" in again.stderr
+    as_json = runner.invoke(
+        app,
+        ["datasets", "get", "flowers", "--root", str(tmp_path), "--url", archive.as_uri(),
+         "--sha256", digest, "--json"],
+    )  # fmt: skip
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout) == {
+        "folder": str(target), "classes": ["daisy", "roses", "tulips"], "images": 9,
+    }  # fmt: skip
 
 
 def test_oxford17_gets_its_class_folders(tmp_path: Path, oxford_archive: tuple[Path, str]) -> None:

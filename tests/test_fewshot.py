@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.builders import make_dataset
-from tests.conftest import CORAL_EXTRACTOR, FLOWERS, shared_file
+from tests.builders import CORAL_EXTRACTOR, FLOWERS, make_dataset, shared_file
 from workbench import training
 from workbench.cli import app
 

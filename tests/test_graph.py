@@ -5,8 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.builders import tiny_extractor
-from tests.conftest import CORAL, shared_file
+from tests.builders import CORAL, shared_file, tiny_extractor
 from workbench.errors import WorkbenchError
 from workbench.runtime import load_model
 from workbench.tflite.graph import BUFFER_ALIGNMENT, Graph, Quant

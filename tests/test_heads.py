@@ -11,53 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.builders import write_model
+from tests.builders import (
+    clustered_features,
+    embedding_graph,
+    quantize_input,
+    run_head,
+)
 from workbench.coral_format import imprinting_layout, imprinting_problems
 from workbench.imprint_head import ImprintingHead
 from workbench.options import ImprintOptions
-from workbench.runtime import load_model
-from workbench.tflite.graph import Graph, Quant
+from workbench.tflite.graph import Quant
 from workbench.tflite.heads import append_imprinting_tail
-
-EMBEDDING_QUANT = {
-    "uint8": Quant.per_tensor(0.02, 0),  # non-negative pooled features, like MobileNet's
-    "int8": Quant.per_tensor(0.02, -128),
-    "float32": None,
-}
-
-
-def embedding_graph(dtype: str, shape: list[int]) -> tuple[Graph, int]:
-    graph = Graph.empty()
-    x = graph.add_tensor("embedding", shape, np.dtype(dtype), EMBEDDING_QUANT[dtype])
-    graph.set_inputs([x])
-    graph.set_outputs([x])
-    return graph, x
-
-
-def quantize_input(values: np.ndarray, dtype: str) -> np.ndarray:
-    quant = EMBEDDING_QUANT[dtype]
-    if quant is None:
-        return values.astype(np.float32)
-    info = np.iinfo(np.dtype(dtype))
-    q = np.round(values / quant.scale[0]) + quant.zero_point[0]
-    return np.clip(q, info.min, info.max).astype(dtype)
-
-
-def clustered_features(n: int, dim: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Non-negative features on the 0.02 grid (exactly representable in uint8 and int8)."""
-    rng = np.random.default_rng(seed)
-    centers = rng.uniform(0.0, 3.0, size=(classes, dim))
-    labels = rng.integers(0, classes, size=n)
-    x = np.clip(centers[labels] + rng.normal(0.0, 0.6, size=(n, dim)), 0.0, 5.0)
-    return np.round(x / 0.02) * 0.02, labels
-
-
-def run_head(tmp_path: Path, graph: Graph, inputs: np.ndarray) -> np.ndarray:
-    model = load_model(write_model(tmp_path / "head.tflite", graph.to_bytes()))
-    shape = model.input.shape
-    return np.stack(
-        [model.output.dequantize(model.run(x.reshape(shape))).reshape(-1) for x in inputs]
-    )
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "float32"])

@@ -10,9 +10,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.builders import conv_options, pool_options, tiny_extractor, write_model
-from tests.conftest import CORAL, CORAL_EXTRACTOR, shared_file
-from tests.test_runtime import fake_edgetpu_model
+from tests.builders import (
+    CORAL,
+    CORAL_EXTRACTOR,
+    conv_options,
+    fake_edgetpu_model,
+    pool_options,
+    shared_file,
+    tiny_extractor,
+    write_model,
+)
 from workbench.cli import app
 from workbench.export import set_workbench_metadata
 from workbench.inspection import inspect_model

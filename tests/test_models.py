@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import FLOWERS, shared_file
+from tests.builders import FLOWERS, shared_file
 from workbench.cli import app
 from workbench.inspection import inspect_model
 from workbench.models import DEFAULT_EXTRACTOR, bundled_model

@@ -41,9 +41,16 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.builders import make_dataset, tiny_extractor, write_model
-from tests.conftest import CORAL, CORAL_EXTRACTOR, FLOWERS, shared_file
-from tests.test_runtime import fake_edgetpu_model
+from tests.builders import (
+    CORAL,
+    CORAL_EXTRACTOR,
+    FLOWERS,
+    fake_edgetpu_model,
+    make_dataset,
+    shared_file,
+    tiny_extractor,
+    write_model,
+)
 from workbench.cli import app
 from workbench.coral_format import imprinting_problems, training_state_text
 from workbench.images import Preprocessing, decode

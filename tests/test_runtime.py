@@ -1,32 +1,22 @@
 from __future__ import annotations
 
-import ctypes.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.builders import tiny_extractor, write_model
-from tests.conftest import CORAL, shared_file
+from tests.builders import (
+    CORAL,
+    fake_edgetpu_model,
+    no_edgetpu_runtime,
+    shared_file,
+    tiny_extractor,
+    write_model,
+)
 from workbench.errors import WorkbenchError
 from workbench.runtime import RUNTIME_NAME, load_model
 from workbench.tflite.graph import Graph
 from workbench.tflite.schema import fb
-
-no_edgetpu_runtime = pytest.mark.skipif(
-    ctypes.util.find_library("edgetpu") is not None, reason="an Edge TPU runtime is installed"
-)
-
-
-def fake_edgetpu_model(tmp_path: Path) -> Path:
-    """A model whose only operator is an `edgetpu-custom-op`, as edgetpu_compiler writes."""
-    graph = Graph.empty()
-    x = graph.add_tensor("input", [1, 8, 8, 3], np.uint8)
-    y = graph.add_tensor("output", [1, 4], np.uint8)
-    graph.add_operator("edgetpu-custom-op", [x], [y])
-    graph.set_inputs([x])
-    graph.set_outputs([y])
-    return write_model(tmp_path / "model_edgetpu.tflite", graph.to_bytes())
 
 
 def test_loads_and_describes_io(models: dict[str, Path]) -> None:

@@ -13,8 +13,7 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 from typer.testing import CliRunner
 
-from tests.conftest import CORAL, CORAL_EXTRACTOR, FLOWERS, shared_file
-from tests.test_runtime import no_edgetpu_runtime
+from tests.builders import CORAL, CORAL_EXTRACTOR, FLOWERS, no_edgetpu_runtime, shared_file
 from workbench.cli import app
 from workbench.images import Preprocessing, load_input
 

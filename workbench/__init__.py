@@ -3,13 +3,16 @@
 One call per command, plus the heads for users who already have embeddings:
 
     >>> import workbench as wb
-    >>> result = wb.imprint("flowers/")                        # doctest: +SKIP
-    >>> result = wb.backprop("flowers/", epochs=50, output="f.tflite")   # doctest: +SKIP
-    >>> report = wb.evaluate("f.tflite", "flowers/")           # doctest: +SKIP
-    >>> top = wb.classify("f.tflite", ["a.jpg"])                # doctest: +SKIP
-    >>> emb = wb.embed("flowers/")                              # doctest: +SKIP
-    >>> head = wb.ImprintingHead.fit(emb.train_x, emb.train_y)  # doctest: +SKIP
-    >>> head.export(emb.extractor, "out.tflite", labels=emb.classes)  # doctest: +SKIP
+    >>> result = wb.imprint("flowers/")
+    >>> result = wb.backprop("flowers/", epochs=50, output="f.tflite")
+    >>> report = wb.evaluate("f.tflite", "flowers/")
+    >>> top = wb.classify("f.tflite", ["flowers/daisy"])
+    >>> emb = wb.embed("flowers/")
+    >>> head = wb.ImprintingHead.fit(emb.train_x, emb.train_y)
+    >>> model, labels = head.export(emb.extractor, "out.tflite", labels=emb.classes)
+
+See `workbench.api` and README.md ("Python API"). The examples run as doctests on a small
+`flowers/` folder (tests/test_docs.py).
 """
 
 __version__ = "0.1.0"

@@ -7,9 +7,15 @@ work with an `OptionError` naming it. Progress and warnings go to a `Reporter` (
 default: warnings through the `warnings` module).
 
     >>> import workbench as wb
-    >>> result = wb.imprint("flowers/", max_per_class=20)          # doctest: +SKIP
-    >>> result.report.top1                                          # doctest: +SKIP
-    0.78
+    >>> result = wb.imprint("flowers/", max_per_class=20)
+    >>> result.model.name, result.report.classes
+    ('flowers_imprint.tflite', ['daisy', 'roses', 'tulips'])
+    >>> wb.imprint("flowers/", test_ratio=1.5)
+    Traceback (most recent call last):
+    ...
+    workbench.options.OptionError: test_ratio must be a number in [0, 1), got 1.5
+
+(The examples here run as doctests on a small `flowers/` folder; see tests/test_docs.py.)
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from typing import Any
 
 import numpy as np
 
+# Not imported lazily: a submodule first imported after `workbench/__init__` has bound the
+# API's `classify` would replace that attribute with the module `workbench.classify`.
+from workbench.classify import classify_images
 from workbench.continuing import ContinueImprinting
 from workbench.dataset import Split, prepare_split
 from workbench.evaluate import evaluate_folder
@@ -67,9 +76,19 @@ def imprint(
     """Weight-imprint a classifier for the class folders in `data_dir`, export and evaluate it.
 
     `whiten` (True: when cross-validation shows it helps; False: Coral's plain head) plus the
-    data and run settings. With `base` (an imprinting model) training continues from it.
+    data and run settings. With `base` (an imprinting model) training continues from it: its
+    classes stay with `keep_classes`, and only the new folder's images are embedded.
 
-        >>> result = imprint("flowers/", whiten=False, output="f.tflite")  # doctest: +SKIP
+        >>> result = imprint("flowers/", whiten=False, output="flowers.tflite")
+        >>> result.model.name, result.labels.name, result.report_path.name
+        ('flowers.tflite', 'flowers.txt', 'flowers.report.json')
+        >>> result.report.trainer, result.report.settings["whiten"], result.report.top1
+        ('imprint', False, 1.0)
+        >>> more = imprint(
+        ...     "more_flowers/", base="flowers.tflite", keep_classes=True, output="more.tflite"
+        ... )
+        >>> more.report.classes
+        ['daisy', 'roses', 'tulips', 'sunflowers']
     """
     data, run, options = split_settings(settings, DataOptions, RunOptions, ImprintOptions)
     if keep_classes and base is None:
@@ -89,7 +108,11 @@ def backprop(
     `epochs`, `learning_rate`, `batch_size`, `reg` (None: by cross-validation) plus the data
     and run settings.
 
-        >>> result = backprop("flowers/", epochs=50, output="f.tflite")  # doctest: +SKIP
+        >>> result = backprop("flowers/", epochs=50, output="flowers_backprop.tflite")
+        >>> result.report.trainer, result.report.settings["epochs"], result.report.top1
+        ('backprop', 50, 1.0)
+        >>> result.report.head["reg"] > 0  # the L2 penalty cross-validation chose
+        True
     """
     data, run, options = split_settings(settings, DataOptions, RunOptions, BackpropOptions)
     return train(data_dir, Backprop(options, data.seed), data, run, reporter)
@@ -112,7 +135,16 @@ def evaluate(
     own; `split` takes a training report's split; `all_images` scores the whole folder. Images
     the model was trained on are refused unless `allow_overlap`.
 
-        >>> report = evaluate("f.tflite", "flowers/")  # doctest: +SKIP
+        >>> trained = imprint("flowers/", output="flowers.tflite")
+        >>> report = evaluate("flowers.tflite", "flowers/")
+        >>> report.split["test"] == trained.report.split["test"], report.top1
+        (True, 1.0)
+        >>> evaluate("flowers.tflite", "flowers/", all_images=True)
+        Traceback (most recent call last):
+        ...
+        workbench.errors.WorkbenchError: 18 of the 24 images ...were training images of this...
+        >>> evaluate("flowers.tflite", "flowers/", all_images=True, allow_overlap=True).num_images
+        24
     """
     split_fields = {f.name for f in fields(DataOptions)}
     overrides = {k: v for k, v in settings.items() if k in split_fields}
@@ -125,7 +157,15 @@ def evaluate(
 
 @dataclass
 class Embeddings:
-    """A folder's embeddings with their labels and split, as the trainers see them."""
+    """A folder's embeddings with their labels and split, as the trainers see them.
+
+    Rows of `train_x` / `test_x` are images, labels index `classes`; `extractor` is the
+    model that embedded them, onto which a head fitted on them can be exported.
+
+        >>> emb = embed("flowers/", test_ratio=0.5)  # 3 classes of 8 images, half held out
+        >>> emb.train_x.shape[0], emb.test_x.shape[0], emb.classes
+        (12, 12, ['daisy', 'roses', 'tulips'])
+    """
 
     train_x: np.ndarray
     train_y: np.ndarray
@@ -139,9 +179,15 @@ class Embeddings:
 def embed(data_dir: str | Path, *, reporter: Reporter | None = None, **settings: Any) -> Embeddings:
     """Embed a folder's training and held-out images (through the cache) with the extractor.
 
-    >>> emb = embed("flowers/")                                        # doctest: +SKIP
-    >>> head = ImprintingHead.fit(emb.train_x, emb.train_y)            # doctest: +SKIP
-    >>> head.export(emb.extractor, "out.tflite", labels=emb.classes)   # doctest: +SKIP
+    Takes the data and run settings; for fitting a head yourself:
+
+        >>> from workbench import ImprintingHead
+        >>> emb = embed("flowers/")
+        >>> head = ImprintingHead.fit(emb.train_x, emb.train_y)
+        >>> float((head.scores(emb.test_x).argmax(axis=1) == emb.test_y).mean())
+        1.0
+        >>> [p.name for p in head.export(emb.extractor, "out.tflite", labels=emb.classes)]
+        ['out.tflite', 'out.txt']
     """
     reporter = reporter or Reporter()
     data, run = split_settings(settings, DataOptions, RunOptions)
@@ -170,12 +216,13 @@ def classify(
     Unreadable images are skipped (with a warning); labels come from `labels`, else the
     labels file beside the model, else the model's metadata.
 
-        >>> top = classify("f.tflite", ["a.jpg"])  # doctest: +SKIP
-        >>> top[0]["top"][0]["label"]              # doctest: +SKIP
-        'daisy'
+        >>> model = imprint("flowers/", output="flowers.tflite").model
+        >>> found = classify(model, ["flowers/daisy/daisy_000.jpg", "flowers/roses"], top_k=2)
+        >>> found[0]["file"], found[0]["top"][0]["label"], len(found[0]["top"])
+        ('flowers/daisy/daisy_000.jpg', 'daisy', 2)
+        >>> sorted({item["top"][0]["label"] for item in found[1:]})  # the folder's images
+        ['roses']
     """
-    from workbench.classify import classify_images
-
     paths = [Path(p) for p in images]
     found = classify_images(model, paths, labels, top_k, threshold, 0, device, reporter)
     return list(found["results"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,24 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _click_modules() -> list[Any]:
+    """click itself, and the copy newer typer releases vendor as typer._click."""
+    modules: list[Any] = [click]
+    try:
+        import typer._click as vendored  # type: ignore[import-not-found, unused-ignore]
+
+        modules.append(vendored)
+    except ImportError:
+        pass
+    return modules
+
+
+_CLICK_ERRORS = tuple(m.exceptions.ClickException for m in _click_modules())
+_CLICK_ABORTS = tuple(
+    abort for m in _click_modules() if (abort := getattr(m.exceptions, "Abort", None))
+)
+
+
 class _Commands(TyperGroup):
     """Typer's group, with usage errors ending in one plain `error: ...` line (exit 2).
 
@@ -46,16 +65,23 @@ class _Commands(TyperGroup):
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
-        except click.ClickException as e:
+            code = super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[misc]
+        except _CLICK_ERRORS as e:
             context = getattr(e, "ctx", None)
+            if context is not None and type(e).__name__ == "NoArgsIsHelpError":
+                print(context.get_help(), file=sys.stderr)
+                return self._exit(0, standalone_mode)
             if context is not None:
                 print(context.get_usage(), file=sys.stderr)
             print(f"error: {one_line(e.format_message())}", file=sys.stderr)
             code = e.exit_code
-        except click.Abort:
+        except _CLICK_ABORTS:
             print("interrupted; nothing was written", file=sys.stderr)
             code = 130
+        return self._exit(code, standalone_mode)
+
+    @staticmethod
+    def _exit(code: Any, standalone_mode: bool) -> Any:
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else 0)
@@ -103,16 +129,26 @@ def handles_bad_input(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _print_version(value: bool) -> None:
+    """`--version` alone: print and exit while parsing, before a command is asked for."""
+    if value:
+        print(f"workbench {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     version: Annotated[
-        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version and exit.",
+            is_eager=True,
+            callback=_print_version,
+        ),
     ] = False,
 ) -> None:
     """On-device transfer learning for Coral Edge TPU and TensorFlow Lite."""
-    if version:
-        print(f"workbench {__version__}")
-        raise typer.Exit()
 
 
 def _checked(check: Callable[..., None], field: str, value: object, *bounds: Any) -> None:
@@ -343,7 +379,7 @@ def evaluate(
     from workbench.display import ConsoleReporter, print_report
 
     given = {"test_ratio": test_ratio, "max_per_class": max_per_class, "seed": seed}
-    target = _evaluation_target(model, output, data_dir, labels)
+    target = _evaluation_target(model, output, data_dir, [labels, split])
     report = api.evaluate(
         model, data_dir, labels=labels, split=split, all_images=all_images,
         allow_overlap=allow_overlap, reporter=ConsoleReporter(stderr()), device=device,
@@ -359,7 +395,7 @@ def evaluate(
 
 
 def _evaluation_target(
-    model: Path, output: Path | None, data_dir: Path, labels: Path | None
+    model: Path, output: Path | None, data_dir: Path, reads: list[Path | None]
 ) -> Path:
     """Where evaluate's report goes, checked before any work (never on an input)."""
     from workbench.outputs import check_outputs
@@ -368,7 +404,7 @@ def _evaluation_target(
     stem = name[: -len(".tflite")] if name.endswith(".tflite") else name
     target = output or Path(f"{stem}.eval.report.json")
     html = target.with_name(target.name.removesuffix(".json") + ".html")
-    inputs = [model, *([labels] if labels else [])]
+    inputs = [model, *(p for p in reads if p is not None)]
     check_outputs({"report": target, "html": html}, inputs=inputs, data_dirs=[data_dir])
     return target
 
@@ -446,6 +482,7 @@ def report(
         Path | None,
         typer.Option("--output", "-o", help="HTML file to write (default: beside the report)."),
     ] = None,
+    json_output: JsonOpt = False,
 ) -> None:
     """Render a report (imprint, backprop, evaluate or curve --json) as one HTML page."""
     from workbench.outputs import check_outputs, write_files_atomically
@@ -457,10 +494,19 @@ def report(
     stem = name[: -len(".json")] if name.endswith(".json") else name
     target = output or Path(f"{stem}.html")
     check_outputs({"html": target}, inputs=[report_json])
-    page = (
-        render_curve(data) if "points" in data else render_report(Report.from_json(data).to_json())
-    )
+    try:
+        page = (
+            render_curve(data)
+            if "points" in data
+            else render_report(Report.from_json(data).to_json())
+        )
+    except (AttributeError, TypeError, KeyError, ValueError, IndexError) as e:
+        # A hand-edited or foreign file that parses as JSON but has the wrong shapes inside.
+        raise WorkbenchError(f"{report_json} is not a well-formed workbench report ({e})") from None
     write_files_atomically({target: page.encode()})
+    if json_output:
+        emit_json({"html": str(target)})
+        return
     print(target)
 
 
@@ -604,6 +650,7 @@ def datasets_get(
     sha256: Annotated[
         str | None, typer.Option("--sha256", help="Expected checksum of the archive at --url.")
     ] = None,
+    json_output: JsonOpt = False,
 ) -> None:
     """Download a dataset (resumable, checksummed) and unpack it as one folder per class."""
     from workbench.dataset import scan
@@ -612,6 +659,9 @@ def datasets_get(
 
     target = get_dataset(name, root, url, sha256, ConsoleReporter(stderr()))
     found = scan(target)
+    if json_output:
+        emit_json({"folder": str(target), "classes": found.classes, "images": found.num_images})
+        return
     print(f"{target}: {len(found.classes)} classes, {found.num_images} images")
 
 
@@ -654,6 +704,11 @@ def bench_backprop_command(
     _checked(whole, "samples", samples, 3 * classes, 10_000_000)
     _checked(whole, "dim", dim, 1, 100_000)
     _checked(whole, "epochs", epochs, 1, 100_000)
+    if samples * dim > 200_000_000:
+        raise WorkbenchError(
+            f"--samples x --dim is {samples * dim:,} values, more than this benchmark holds "
+            "in memory (200,000,000); use fewer samples or dimensions"
+        )
     result = bench_backprop(samples, dim, classes, epochs)
     if json_output:
         emit_json(result)
@@ -715,5 +770,14 @@ def bench_model_command(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    SIGTERM ends the run like Ctrl-C does: staged outputs are removed on the way out
+    (SIGKILL cannot be caught; what it leaves is cleared by the next run of the same outputs).
+    """
+    signal.signal(signal.SIGTERM, _terminated)
     app()
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -8,6 +8,7 @@ that is renamed into place only when complete: an interrupted run never leaves a
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -112,23 +113,15 @@ def _open(url: str, offset: int) -> tuple[BinaryIO, int | None, bool]:
         response = urllib.request.urlopen(request, timeout=60)
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset:  # nothing left to fetch: the partial file is complete
-            return _EmptyStream(), offset, True
+            return io.BytesIO(), offset, True
         raise WorkbenchError(f"download failed: {url}: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise WorkbenchError(f"download failed: {url}: {reason}") from None
     resumed = offset > 0 and response.status == 206
     length = response.headers.get("Content-Length")
-    total = (int(length) + (offset if resumed else 0)) if length else None
-    return response, total, resumed
-
-
-class _EmptyStream:
-    def read(self, n: int = -1) -> bytes:
-        return b""
-
-    def close(self) -> None:
-        pass
+    size = (int(length) + (offset if resumed else 0)) if length else None
+    return response, size, resumed
 
 
 def _sha256(path: Path) -> str:

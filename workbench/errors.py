@@ -9,4 +9,12 @@ from __future__ import annotations
 
 
 class WorkbenchError(Exception):
-    """Bad input (missing folder, corrupt model, unwritable output, ...), explained in one line."""
+    """Bad input (missing folder, corrupt model, unwritable output, ...), explained in one line.
+
+    >>> import workbench as wb
+    >>> try:
+    ...     wb.imprint("no_such_folder/")
+    ... except wb.WorkbenchError as e:
+    ...     print(e)
+    data folder not found: no_such_folder
+    """

@@ -26,7 +26,15 @@ def _now() -> str:
 
 @dataclass
 class Report:
-    """Everything a run measured and decided. Accuracy fields come from `Evaluation`."""
+    """Everything a run measured and decided. Accuracy fields come from `Evaluation`.
+
+    >>> import workbench as wb
+    >>> report = wb.imprint("flowers/", output="flowers.tflite").report
+    >>> report.top1, report.top_k_accuracy, report.per_class["daisy"]["recall"]
+    (1.0, [1.0, 1.0, 1.0], 1.0)
+    >>> Report.load("flowers.report.json").split == report.split
+    True
+    """
 
     workbench_version: str
     data_dir: str

@@ -8,7 +8,7 @@ logits' 8-bit range chosen on held-out logits.
 
     >>> import numpy as np
     >>> x = np.abs(np.random.default_rng(0).normal(size=(60, 8))) + np.eye(8)[np.arange(60) % 3]
-    >>> head = SoftmaxHead.fit(x, np.arange(60) % 3, epochs=5)
+    >>> head = SoftmaxHead.fit(x, np.arange(60) % 3, options=BackpropOptions(epochs=5))
     >>> head.scores(x[:2]).shape
     (2, 3)
 """
@@ -71,6 +71,12 @@ class SoftmaxHead:
 
     `logit_range` is the exported layer's 8-bit range, chosen on logits of images held out
     of cross-validation (left out, for the imprinting fallback).
+
+        >>> import numpy as np
+        >>> x = np.eye(4)[np.arange(40) % 4] + 0.1
+        >>> head = SoftmaxHead.fit(x, np.arange(40) % 4, options=BackpropOptions(epochs=3))
+        >>> head.weights.shape, len(head.history), head.reg > 0
+        ((4, 4), 3, True)
     """
 
     weights: np.ndarray  # [D, C], for raw embeddings

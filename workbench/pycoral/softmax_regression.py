@@ -130,7 +130,11 @@ class SoftmaxRegression:
             batch = np.random.choice(len(y), batch_size)
             loss = model.step_sgd(x[batch], y[batch], learning_rate)
             if print_every and i % print_every == 0:
-                val = 100 * model.accuracy(val_x, val_y) if val_y is not None else float("nan")
+                val = (
+                    100 * model.accuracy(val_x, val_y)
+                    if val_x is not None and val_y is not None
+                    else float("nan")
+                )
                 print(
                     f"Loss {loss:.2f}, train acc {100 * model.accuracy(x, y):.2f}%, "
                     f"val acc {val:.2f}%"

@@ -402,7 +402,7 @@ class Graph:
         order = sorted(used)
         remap = {old: new for new, old in enumerate(order)}
 
-        def moved(indices: object) -> np.ndarray:
+        def moved(indices: Iterable[int] | None) -> np.ndarray:
             return np.asarray(
                 [remap[t] if t >= 0 else -1 for t in _indices(indices)], dtype=np.int32
             )
@@ -450,5 +450,5 @@ def _entry_name(entry: fb.MetadataT) -> str:
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-def _indices(values: object) -> list[int]:
-    return [] if values is None else [int(v) for v in values]  # type: ignore[union-attr]
+def _indices(values: Iterable[int] | None) -> list[int]:
+    return [] if values is None else [int(v) for v in values]
