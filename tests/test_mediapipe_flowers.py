@@ -67,7 +67,7 @@ def vision() -> Any:
         import mediapipe as mp
         from mediapipe.tasks.python import BaseOptions
         from mediapipe.tasks.python.vision import ImageClassifier, ImageClassifierOptions
-    except ImportError as e:
+    except (ImportError, OSError) as e:  # absent, or a system library it loads is missing
         pytest.skip(f"MediaPipe Tasks cannot be imported: {e}")
     return mp, BaseOptions, ImageClassifier, ImageClassifierOptions
 

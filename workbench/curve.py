@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from workbench.head_eval import load_head, run_head
 from workbench.imprint_head import ImprintingHead
@@ -69,7 +70,11 @@ def learning_curve(
     embedded, num_classes = prepared.embedded, len(prepared.split.classes)
     seed = data.seed
     points = []
-    with reporter.task("training at each cap", len(caps)) as advance:
+    # one BLAS thread, as in `training.train` (spinning BLAS threads on a busy machine)
+    with (
+        threadpool_limits(limits=1, user_api="blas"),
+        reporter.task("training at each cap", len(caps)) as advance,
+    ):
         for cap in sorted(caps):
             rows = _first_per_class(embedded.train_y, cap)
             x, y = embedded.train_x[rows], embedded.train_y[rows]

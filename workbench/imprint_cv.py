@@ -111,19 +111,22 @@ def _fold_cosines(
             means = class_means(x_train, y_train, num_classes)
             basis = within_class_basis(x_train, y_train, overwrite=True)
             vectors = basis.vectors.astype(x.dtype)
-            along_tr = x_train @ vectors + (means @ vectors)[y_train]
+            along_tr = x_train @ vectors
+            del x_train  # the residuals: no longer needed
+            for c, mean_along in enumerate(means @ vectors):  # class by class: no [N, D] temp
+                along_tr[y_train == c] += mean_along
             rest_sq_tr = np.zeros(len(y_train))
         else:
             basis = within_class_basis(x_train, y_train)
             along_tr, rest_sq_tr = basis.coordinates(x_train)
         along_te, rest_sq_te = basis.coordinates(x_test)
         rest_tr = rest_te = None
-        if basis.vectors.shape[1] < basis.vectors.shape[0]:  # the part outside the basis
-            rest_tr = x_train - along_tr @ basis.vectors.T.astype(x.dtype)
-            rest_te = x_test - along_te @ basis.vectors.T.astype(x.dtype)
         if full_rank:
             rest_sq_te = np.zeros(len(x_test))
-        del x_train
+        elif basis.vectors.shape[1] < basis.vectors.shape[0]:  # the part outside the basis
+            rest_tr = x_train - along_tr @ basis.vectors.T.astype(x.dtype)
+            rest_te = x_test - along_te @ basis.vectors.T.astype(x.dtype)
+            del x_train
         for candidate in whitened:
             assert candidate is not None
             gain = basis.factors(candidate)

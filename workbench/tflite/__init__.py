@@ -1,0 +1,1 @@
+"""The TFLite flatbuffer: its schema, graph editing, appended heads and standard metadata."""
