@@ -11,6 +11,7 @@ SQLite gives atomic, concurrent-safe writes for free.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import sqlite3
@@ -65,11 +66,27 @@ class FileKey:
         except UnicodeEncodeError:
             return None
         try:
-            absolute = Path(path).resolve()
+            absolute = _resolved(Path(path))
             st = absolute.stat()
         except OSError:
             return None
         return cls(str(absolute), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolved_folder(folder: str) -> Path:
+    return Path(folder).resolve()
+
+
+def _resolved(path: Path) -> Path:
+    """`path.resolve()`, with each folder resolved once: thousands of images share a few.
+
+    A file that is itself a symbolic link is resolved in full, so a linked image keeps the
+    cache entry of the file it points to.
+    """
+    if path.is_symlink():
+        return path.resolve()
+    return _resolved_folder(os.path.abspath(path.parent)) / path.name
 
 
 def _digest(key: FileKey, vector: bytes) -> bytes:

@@ -15,11 +15,13 @@ new images'. `append_to` writes the head onto an extractor graph in Coral's impr
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from workbench.calibration import cosine_window, scale_floor, value_range
 from workbench.coral_format import training_state_text
@@ -33,8 +35,11 @@ from workbench.imprint import (
     widened,
 )
 from workbench.imprint_cv import (
+    PARALLEL_ELEMENTS,
     PLAIN,
     SHRINKAGES,
+    Candidate,
+    HeldOutScores,
     WhiteningChoice,
     best_temperature,
     choose_whitening,
@@ -43,7 +48,7 @@ from workbench.imprint_cv import (
 from workbench.options import ImprintOptions
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import ImprintingTail, Transform, append_imprinting_tail
-from workbench.whitening import Whitening, fit_whitening
+from workbench.whitening import Eigen, Whitening, fit_whitening, scatter_eigen
 
 # Scale factor when no held-out image can be scored against its own class (one image per
 # class): about what 2-5 images per class calibrate to, so scores stay modest.
@@ -66,6 +71,24 @@ class BaseState:
     whitening: Whitening | None = None
     value_range: tuple[float, float] | None = None
     l2norm: int | None = None
+
+
+def cross_validate_and_decompose(
+    x: np.ndarray, y: np.ndarray, num_classes: int, candidates: list[Candidate], seed: int
+) -> tuple[HeldOutScores, tuple[np.ndarray, Eigen] | None]:
+    """The candidates' cross-validation and, beside it, the whole set's scatter decomposition.
+
+    The final whitening needs the decomposition of all training images' scatter whichever
+    shrinkage wins; on small sets (where the folds run two at a time) it is computed in a
+    thread of its own while the folds run, with one BLAS thread each. Large sets compute it
+    afterwards, when needed, to keep one fold's memory at a time.
+    """
+    if all(c is PLAIN for c in candidates) or x.size > PARALLEL_ELEMENTS:
+        return cross_validate(x, y, num_classes, candidates, seed), None
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(1) as side:
+        known = side.submit(scatter_eigen, x, y)
+        held_out = cross_validate(x, y, num_classes, candidates, seed)
+        return held_out, known.result()
 
 
 @dataclass
@@ -121,11 +144,11 @@ class ImprintingHead:
             candidates: list[float | None] = [PLAIN, *SHRINKAGES]
         else:
             candidates = [PLAIN] if whiten is False else [float(whiten)]
-        held_out = cross_validate(x, y, num_classes, candidates, seed)
+        held_out, known = cross_validate_and_decompose(x, y, num_classes, candidates, seed)
         choice = choose_whitening(held_out, candidates)
         whitening = None
         if choice.shrinkage is not PLAIN:
-            whitening = fit_whitening(x, y, shrinkage=choice.shrinkage, center=False)
+            whitening = fit_whitening(x, y, choice.shrinkage, center=False, known=known)
         features = x if whitening is None else whitening.apply(x)
         floor = 0.0 if choice.shrinkage is PLAIN and x.min() >= 0 else -1.0
         scale, window = calibrate(

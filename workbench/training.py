@@ -171,14 +171,15 @@ def train(
     with threadpool_limits(limits=1, user_api="blas"):
         fitted = trainer.fit(prepared, reporter)
     train_seconds = time.perf_counter() - start
-    graph = Graph.from_bytes(prepared.graph.to_bytes())
+    training_files = fingerprints(prepared.split.files("train")[0])
+    graph = prepared.graph  # the run's own copy: the head is appended to it in place
     metadata = {
         **fitted.metadata, **trainer.append(fitted, graph), **prepared.info,
         "trainer": trainer.name, "embedding_tensor": prepared.embedding_tensor,
         "split": settings(data), "report": output_files(output)["report"].name,
         "extractor_outputs": outputs_key(prepared),
     }  # fmt: skip
-    record_training_files(graph, prepared.split, fitted.inherited)
+    record_training_files(graph, training_files, fitted.inherited)
     report = new_report(data_dir, trainer, prepared, fitted, data)
     report.timing["train_s"] = round(train_seconds, 3)
     return write_run(graph, output, fitted, metadata, prepared, report, run, reporter)
@@ -193,10 +194,9 @@ def outputs_key(prepared: Prepared) -> dict[str, Any]:
     }
 
 
-def record_training_files(graph: Graph, data_split: Split, inherited: np.ndarray | None) -> None:
-    """Store the training images' fingerprints in the model, for `evaluate` to check against."""
-    train_files, _ = data_split.files("train")
-    found = fingerprints(train_files)
+def record_training_files(graph: Graph, found: np.ndarray, inherited: np.ndarray | None) -> None:
+    """Store the training images' fingerprints (and a base model's) in the model, for
+    `evaluate` to check against."""
     if inherited is not None:
         found = np.union1d(found, inherited)
     graph.set_metadata(TRAINING_FILES_METADATA, found.astype("<u8").tobytes())
@@ -262,7 +262,7 @@ def write_run(
             embedded.test_x, embedded.test_files, prepared.embedding_tensor, prepared.data.seed
         )
         evaluation, method = evaluate_export(
-            exported, Graph.from_bytes(data), known, test_y, fitted.classes, fitted.classes,
+            exported, graph, known, test_y, fitted.classes, fitted.classes,
             reporter, float_top1=np.argmax(float_scores, axis=1),
         )  # fmt: skip
         for key, value in evaluation.fields().items():

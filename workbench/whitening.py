@@ -119,20 +119,44 @@ def within_class_scatter(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarr
     return (residuals.T @ residuals).astype(np.float64) / max(len(x), 1)
 
 
+Eigen = tuple[np.ndarray, np.ndarray]
+"""(eigenvalues, eigenvectors) of a scatter matrix, as `np.linalg.eigh` gives them."""
+
+
+def scatter_eigen(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, Eigen]:
+    """The within-class scatter and its eigen-decomposition, for `fit_whitening(known=)`.
+
+    Any shrinkage's whitening follows from one decomposition (adding a ridge shifts the
+    eigenvalues only), so it can be computed before the shrinkage is chosen.
+    """
+    scatter = within_class_scatter(embeddings, labels)
+    return scatter, np.linalg.eigh(scatter)
+
+
 def whitening_from_scatter(
-    scatter: np.ndarray, mean: np.ndarray, count: int, shrinkage: float = 1.0
+    scatter: np.ndarray,
+    mean: np.ndarray,
+    count: int,
+    shrinkage: float = 1.0,
+    eigen: Eigen | None = None,
 ) -> Whitening:
-    """T = (S + shrinkage * mean_eigenvalue(S) * I) ^ (-1/2), scaled to keep a unit gain."""
+    """T = (S + shrinkage * mean_eigenvalue(S) * I) ^ (-1/2), scaled to keep a unit gain.
+
+    `eigen`: the decomposition of S if already known (see `scatter_eigen`).
+    """
     dim = len(scatter)
     level = float(np.trace(scatter)) / dim
     ridge = shrinkage * level
     if level <= 0.0:
         matrix = np.eye(dim)
     else:
-        ridged = scatter.copy()
-        ridged[np.diag_indices(dim)] += ridge
-        eigenvalues, vectors = np.linalg.eigh(ridged)
-        del ridged
+        if eigen is not None:
+            eigenvalues, vectors = eigen[0] + ridge, eigen[1]
+        else:
+            ridged = scatter.copy()
+            ridged[np.diag_indices(dim)] += ridge
+            eigenvalues, vectors = np.linalg.eigh(ridged)
+            del ridged
         eigenvalues = np.maximum(eigenvalues, ridge * 1e-6)
         # Scaled so a typical direction keeps unit gain: only the relative weighting matters
         # to cosines, and values near the input's keep the exported layer's range familiar.
@@ -141,7 +165,11 @@ def whitening_from_scatter(
 
 
 def fit_whitening(
-    embeddings: np.ndarray, labels: np.ndarray, shrinkage: float = 1.0, center: bool = True
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    shrinkage: float = 1.0,
+    center: bool = True,
+    known: tuple[np.ndarray, Eigen] | None = None,
 ) -> Whitening:
     """Shrunk within-class whitening (centered on the training mean unless `center` is off).
 
@@ -152,6 +180,8 @@ def fit_whitening(
     if x.dtype != np.float32:  # float32 stays float32: no [N, D] float64 copy
         x = x.astype(np.float64, copy=False)
     mean = x.mean(axis=0, dtype=np.float64) if center else np.zeros(x.shape[1])
+    if known is not None:  # (scatter, its eigen-decomposition) from `scatter_eigen`
+        return whitening_from_scatter(known[0], mean, len(x), shrinkage, eigen=known[1])
     return whitening_from_scatter(within_class_scatter(x, labels), mean, len(x), shrinkage)
 
 
