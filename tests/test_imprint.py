@@ -219,3 +219,32 @@ def test_whitening_statistics_survive_a_model_file_and_pool() -> None:
     # Carrying whitened vectors between the two spaces is exact for unnormalized ones.
     z_old = w.apply(x)
     np.testing.assert_allclose(w.carry(z_old, pooled), pooled.apply(x), atol=1e-9)
+
+
+def test_folds_in_threads_give_the_same_scores_as_one_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from threadpoolctl import threadpool_limits
+
+    import workbench.imprint_cv as imprint_cv
+
+    x, y = clusters(30, classes=4, dim=40, noise=1.0)
+    candidates = [PLAIN, 1.0, 4.0]
+    with threadpool_limits(limits=1, user_api="blas"):
+        threaded = cross_validate(x, y, 4, candidates, seed=3)
+        monkeypatch.setattr(imprint_cv, "PARALLEL_ELEMENTS", 0)  # one fold at a time
+        alone = cross_validate(x, y, 4, candidates, seed=3)
+    for c in candidates:
+        assert np.array_equal(threaded.cosines[c], alone.cosines[c])
+    assert threaded.value_range == alone.value_range
+    assert np.array_equal(threaded.own_class, alone.own_class)
+
+
+def test_whitening_from_a_known_decomposition_is_the_direct_one() -> None:
+    from workbench.whitening import scatter_eigen
+
+    x, y = clusters(40, classes=3, dim=12, noise=1.0)
+    for shrinkage in (0.5, 4.0):
+        direct = fit_whitening(x, y, shrinkage, center=False).matrix
+        known = fit_whitening(x, y, shrinkage, center=False, known=scatter_eigen(x, y)).matrix
+        np.testing.assert_allclose(known, direct, atol=1e-10)
