@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from workbench.errors import WorkbenchError
+from workbench.whitening import float_rows
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (float32 stays float32; anything else becomes float64)."""
-    x = np.asarray(x)
-    if x.dtype != np.float32:
-        x = x.astype(np.float64, copy=False)
+    x = float_rows(x)
     norms = np.sqrt(np.einsum("...d,...d->...", x, x, dtype=np.float64))[..., None]
     return x / np.maximum(norms, 1e-12).astype(x.dtype)
 
@@ -70,9 +69,7 @@ def imprint(
     A label that names a base class not trained by imprinting is refused, as Coral does: its
     weight came from elsewhere and summing into it would be meaningless.
     """
-    embeddings = np.asarray(embeddings)
-    if embeddings.dtype != np.float32:  # float32 rows are summed in float64, not copied
-        embeddings = embeddings.astype(np.float64, copy=False)
+    embeddings = float_rows(embeddings)  # float32 rows are summed in float64, not copied
     labels = np.asarray(labels, np.int64)
     dim = embeddings.shape[1]
     state = base if base is not None else ImprintedClasses.empty(dim)

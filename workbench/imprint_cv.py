@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from workbench.crossval import DEFAULT_FOLDS, has_own_class, stratified_folds
 from workbench.runtime import cpu_threads
-from workbench.whitening import within_class_basis
+from workbench.whitening import class_means, within_class_basis
 
 SHRINKAGES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 PLAIN = None  # the candidate without whitening
@@ -74,14 +74,6 @@ class HeldOutScores:
         cos = np.where(np.isfinite(cos), cos, -1.0)
         labels = self.labels[self.own_class]
         return cross_entropy_rows(cos, labels, best_temperature(cos, labels))
-
-
-def class_means(x: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
-    """[classes, D] mean of each class's rows, in the rows' dtype (zero for absent classes)."""
-    means = np.zeros((num_classes, x.shape[1]), x.dtype)
-    for c in np.unique(y):
-        means[c] = x[y == c].mean(axis=0, dtype=np.float64)
-    return means
 
 
 def _fold_cosines(

@@ -48,7 +48,7 @@ from workbench.imprint_cv import (
 from workbench.options import ImprintOptions
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import ImprintingTail, Transform, append_imprinting_tail
-from workbench.whitening import Eigen, Whitening, fit_whitening, scatter_eigen
+from workbench.whitening import Eigen, Whitening, fit_whitening, float_rows, scatter_eigen
 
 # Scale factor when no held-out image can be scored against its own class (one image per
 # class): about what 2-5 images per class calibrate to, so scores stay modest.
@@ -132,9 +132,7 @@ class ImprintingHead:
         False: Coral's plain imprinting; a number: whiten at that shrinkage. With a `base`
         holding classes, see `_continued`.
         """
-        x = np.asarray(embeddings)
-        if x.dtype != np.float32:  # float32 (what extraction gives) is used as it is
-            x = x.astype(np.float64, copy=False)
+        x = float_rows(embeddings)
         y = np.asarray(labels, np.int64)
         num_classes = int(y.max()) + 1 if num_classes is None else num_classes
         if base is not None and base.classes.num_classes:

@@ -106,17 +106,44 @@ class Whitening:
             )
 
 
+def float_rows(x: np.ndarray) -> np.ndarray:
+    """`x` as floats for the [N, D] work: float32 stays float32 (what extraction gives; half
+    the memory of large sets), anything else becomes float64. Sums are taken in float64."""
+    x = np.asarray(x)
+    return x if x.dtype == np.float32 else x.astype(np.float64, copy=False)
+
+
+def class_means(x: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    """[classes, D] mean of each class's rows, in the rows' dtype (zero for absent classes)."""
+    labels = np.asarray(labels)
+    count = int(labels.max()) + 1 if num_classes is None else num_classes
+    means = np.zeros((count, x.shape[1]), x.dtype)
+    for c in np.unique(labels):
+        means[c] = x[labels == c].mean(axis=0, dtype=np.float64)
+    return means
+
+
+def within_class_residuals(
+    embeddings: np.ndarray, labels: np.ndarray, overwrite: bool = False
+) -> np.ndarray:
+    """Each row minus its class mean, [N, D] in the rows' precision (`float_rows`).
+
+    `overwrite` turns `embeddings` into the residuals in place instead of copying them, for
+    callers that hold a copy of their own.
+    """
+    x = float_rows(embeddings)
+    labels = np.asarray(labels)
+    means = class_means(x, labels)  # before any row is overwritten
+    residuals = x if overwrite else x.copy()
+    for c in np.unique(labels):
+        residuals[labels == c] -= means[c]
+    return residuals
+
+
 def within_class_scatter(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Pooled covariance of embeddings around their class means."""
-    x = np.asarray(embeddings)
-    if x.dtype != np.float32:  # float32 rows stay float32: the [N, D] copy is the big one
-        x = x.astype(np.float64, copy=False)
-    labels = np.asarray(labels)
-    residuals = x.copy()
-    for c in np.unique(labels):
-        rows = labels == c
-        residuals[rows] -= x[rows].mean(axis=0, dtype=np.float64).astype(x.dtype)
-    return (residuals.T @ residuals).astype(np.float64) / max(len(x), 1)
+    residuals = within_class_residuals(embeddings, labels)
+    return (residuals.T @ residuals).astype(np.float64) / max(len(residuals), 1)
 
 
 Eigen = tuple[np.ndarray, np.ndarray]
@@ -176,9 +203,7 @@ def fit_whitening(
     `shrinkage` is the multiple of the mean eigenvalue added to every eigenvalue: larger
     values whiten more gently (infinity would leave the embeddings as they are).
     """
-    x = np.asarray(embeddings)
-    if x.dtype != np.float32:  # float32 stays float32: no [N, D] float64 copy
-        x = x.astype(np.float64, copy=False)
+    x = float_rows(embeddings)
     mean = x.mean(axis=0, dtype=np.float64) if center else np.zeros(x.shape[1])
     if known is not None:  # (scatter, its eigen-decomposition) from `scatter_eigen`
         return whitening_from_scatter(known[0], mean, len(x), shrinkage, eigen=known[1])
@@ -218,9 +243,7 @@ class WithinClassBasis:
         The [N, r] result keeps the dtype of `x` (float32 halves the memory of large sets);
         the norms are float64.
         """
-        x = np.asarray(x)
-        if x.dtype != np.float32:
-            x = x.astype(np.float64, copy=False)
+        x = float_rows(x)
         along = x @ self.vectors.astype(x.dtype, copy=False)
         total = np.einsum("nd,nd->n", x, x, dtype=np.float64)
         rest = np.maximum(total - np.einsum("nr,nr->n", along, along, dtype=np.float64), 0)
@@ -235,15 +258,8 @@ def within_class_basis(
     `overwrite` lets it turn `embeddings` (float32 or float64) into the residuals in place
     instead of copying them: for callers that hold a copy of their own.
     """
-    x = np.asarray(embeddings)
-    if x.dtype != np.float32:
-        x = x.astype(np.float64, copy=False)
     # [N, D] in the input's precision; the eigenproblem in float64
-    residuals = x if overwrite else x.copy()
-    labels = np.asarray(labels)
-    for c in np.unique(labels):
-        rows = labels == c
-        residuals[rows] -= x[rows].mean(axis=0, dtype=np.float64).astype(x.dtype)
+    residuals = within_class_residuals(embeddings, labels, overwrite)
     n, dim = residuals.shape
     level = float(np.einsum("nd,nd->", residuals, residuals, dtype=np.float64)) / max(n, 1) / dim
     if n < dim:
@@ -251,7 +267,9 @@ def within_class_basis(
         values, u = np.linalg.eigh(gram)
         keep = values > 1e-10 * max(float(values.max(initial=0.0)), 1e-300)
         values, u = values[keep], u[:, keep]
-        vectors = (residuals.T @ u.astype(x.dtype)).astype(np.float64) / np.sqrt(values * max(n, 1))
+        vectors = (residuals.T @ u.astype(residuals.dtype)).astype(np.float64) / np.sqrt(
+            values * max(n, 1)
+        )
     else:
         values, vectors = np.linalg.eigh((residuals.T @ residuals).astype(np.float64) / n)
         values = np.maximum(values, 0.0)
