@@ -198,14 +198,6 @@ class OutputCache:
         self.misses += len(paths) - hits
         return found, keys
 
-    def lookup(
-        self, paths: Sequence[str | Path]
-    ) -> tuple[dict[int, np.ndarray], list[FileKey | None]]:
-        """Cached vectors by index into `paths`, and each file's key (None if unreadable)."""
-        vectors = np.empty((len(paths), self.width), np.float32)
-        found, keys = self.fill(paths, vectors)
-        return {int(i): vectors[i] for i in np.flatnonzero(found)}, keys
-
     @staticmethod
     def _rows(db: sqlite3.Connection, paths: list[str]) -> list[tuple]:
         """The entries for these paths (at most LOOKUP_BATCH: SQLite limits parameters)."""

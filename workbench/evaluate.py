@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from workbench import __version__
-from workbench.cache import OutputCache, default_cache_dir
+from workbench.cache import OutputCache
 from workbench.dataset import Dataset, Split, fingerprints, load_split, prepare_split, scan
 from workbench.errors import WorkbenchError
-from workbench.extraction import CacheChoice, run_cached
+from workbench.extraction import CacheChoice, cache_root, run_cached
 from workbench.head_eval import head_scores, pick_sample, same_as_whole_model
 from workbench.metrics import confusion, per_class
 from workbench.options import DataOptions, OptionError, RunOptions, settings
@@ -308,20 +308,18 @@ def cached_embeddings(
     if cache is False or not files or not isinstance(key, dict) or not isinstance(tensor, int):
         return None
     try:
-        root = default_cache_dir() if cache is True else Path(cache)
-        store = OutputCache(root, str(key["sha256"]), str(key["preprocessing"]), int(key["width"]))
+        names = str(key["sha256"]), str(key["preprocessing"])
+        store = OutputCache(cache_root(cache), *names, int(key["width"]))
     except (KeyError, TypeError, ValueError):
         return None  # damaged metadata: evaluate the whole model
     if not store.path.is_file():
         return None  # nothing cached for this extractor here (and no empty file made)
+    vectors = np.empty((len(files), store.width), np.float32)
     try:
-        found, _ = store.lookup(files)
+        found, _ = store.fill(files, vectors)
     finally:
         store.close()
-    if len(found) < len(files):
-        return None
-    vectors = np.stack([found[i] for i in range(len(files))])
-    return Embeddings(vectors, list(files), tensor, seed)
+    return Embeddings(vectors, list(files), tensor, seed) if found.all() else None
 
 
 def evaluate_folder(

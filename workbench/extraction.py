@@ -12,7 +12,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -45,12 +45,16 @@ class Embedded:
     cache: dict[str, Any] | None = None  # hits, misses and file of the embedding cache
 
 
+def cache_root(choice: Literal[True] | str | Path) -> Path:
+    """The cache folder a choice other than False names."""
+    return default_cache_dir() if choice is True else Path(choice)
+
+
 def open_cache(choice: CacheChoice, model: LoadedModel, prep: Preprocessing) -> OutputCache | None:
     if choice is False:
         return None
-    root = default_cache_dir() if choice is True else Path(choice)
     width = int(np.prod(model.output.shape[1:]))
-    return OutputCache(root, model.sha256, prep.key(), width)
+    return OutputCache(cache_root(choice), model.sha256, prep.key(), width)
 
 
 def run_cached(
