@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from workbench.head_eval import load_head, run_head
+from workbench.head_eval import head_scores
 from workbench.imprint_head import ImprintingHead
 from workbench.options import DataOptions, ImprintOptions, RunOptions
 from workbench.progress import Reporter
@@ -116,8 +116,7 @@ def _score_exported(point: CurvePoint, heads: dict[str, Any], prepared: Prepared
     for name, head in heads.items():
         graph = Graph.from_bytes(prepared.graph.to_bytes())
         head.append_to(graph)
-        exported = run_head(load_head(graph, prepared.embedding_tensor), embedded.test_x)
-        exported = exported.argmax(1)
+        exported = head_scores(graph, prepared.embedding_tensor, embedded.test_x).argmax(1)
         float_top1 = head.scores(embedded.test_x).argmax(1)
         point.exported_top1[name] = float(np.mean(exported == embedded.test_y))
         point.agreement[name] = float(np.mean(exported == float_top1))
