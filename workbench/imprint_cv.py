@@ -107,7 +107,7 @@ def _fold_cosines(
         full_rank = len(y_train) > x.shape[1]  # more images than dimensions
         if full_rank:  # x_train becomes the residuals: one [N, D] array fewer
             means = class_means(x_train, y_train, num_classes)
-            basis = within_class_basis(x_train, y_train, overwrite=True)
+            basis = within_class_basis(x_train, y_train, overwrite=True, means=means)
             vectors = basis.vectors.astype(x.dtype)
             along_tr = x_train @ vectors
             del x_train  # the residuals: no longer needed

@@ -124,16 +124,20 @@ def class_means(x: np.ndarray, labels: np.ndarray, num_classes: int | None = Non
 
 
 def within_class_residuals(
-    embeddings: np.ndarray, labels: np.ndarray, overwrite: bool = False
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    overwrite: bool = False,
+    means: np.ndarray | None = None,
 ) -> np.ndarray:
     """Each row minus its class mean, [N, D] in the rows' precision (`float_rows`).
 
     `overwrite` turns `embeddings` into the residuals in place instead of copying them, for
-    callers that hold a copy of their own.
+    callers that hold a copy of their own; `means` are the `class_means` if already known.
     """
     x = float_rows(embeddings)
     labels = np.asarray(labels)
-    means = class_means(x, labels)  # before any row is overwritten
+    if means is None:
+        means = class_means(x, labels)  # before any row is overwritten
     residuals = x if overwrite else x.copy()
     for c in np.unique(labels):
         residuals[labels == c] -= means[c]
@@ -251,15 +255,17 @@ class WithinClassBasis:
 
 
 def within_class_basis(
-    embeddings: np.ndarray, labels: np.ndarray, overwrite: bool = False
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    overwrite: bool = False,
+    means: np.ndarray | None = None,
 ) -> WithinClassBasis:
     """The within-class scatter's eigen-decomposition, through the smaller Gram form.
 
-    `overwrite` lets it turn `embeddings` (float32 or float64) into the residuals in place
-    instead of copying them: for callers that hold a copy of their own.
+    `overwrite` and `means` as for `within_class_residuals`.
     """
     # [N, D] in the input's precision; the eigenproblem in float64
-    residuals = within_class_residuals(embeddings, labels, overwrite)
+    residuals = within_class_residuals(embeddings, labels, overwrite, means)
     n, dim = residuals.shape
     level = float(np.einsum("nd,nd->", residuals, residuals, dtype=np.float64)) / max(n, 1) / dim
     if n < dim:
