@@ -25,7 +25,12 @@ from typing import Any
 import numpy as np
 
 from workbench.errors import WorkbenchError
-from workbench.tflite.graph import EDGETPU_CUSTOM_CODE, read_model_bytes, unpack_model
+from workbench.tflite.graph import (
+    EDGETPU_CUSTOM_CODE,
+    custom_codes,
+    read_model_bytes,
+    unpack_model,
+)
 
 try:  # Coral's Debian packages pin tflite_runtime to the libedgetpu they ship with.
     from tflite_runtime.interpreter import Interpreter, load_delegate
@@ -272,13 +277,20 @@ def load_model(
 
     `num_threads` defaults to the cores this process may use; 0 leaves it to the runtime.
     With `content` the model comes from memory (a model built on the fly, such as the
-    extractor part of an imprinting model) and `path` only names it in messages.
+    extractor part of an imprinting model, or a loaded model's own bytes) and `path` only
+    names it in messages; such bytes are trusted to be well-formed.
     Raises WorkbenchError for a missing, damaged or unsupported file, and for an Edge TPU
     model when no Edge TPU runtime can be loaded (naming the CPU build as the way out).
     """
     path = Path(path)
-    data = read_model_bytes(path) if content is None else content
-    graph_ops = _op_codes(unpack_model(data, str(path)))
+    if content is None:
+        data = read_model_bytes(path)
+        # A file from disk is unpacked once in full: a damaged one gets a clear error here
+        # rather than whatever the runtime's loader makes of it.
+        graph_ops = _op_codes(unpack_model(data, str(path)))
+    else:  # built by workbench, or the bytes of a model already loaded
+        data = content
+        graph_ops = custom_codes(data)
     edgetpu = EDGETPU_CUSTOM_CODE in graph_ops
     delegates = []
     if edgetpu or device:
