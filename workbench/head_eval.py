@@ -9,27 +9,36 @@ extractor again.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 
 from workbench.errors import WorkbenchError
 from workbench.runtime import LoadedModel, TensorSpec, load_model
-from workbench.surgery import copy_graph
 from workbench.tflite.graph import Graph
 
 
 def head_graph(graph: Graph, embedding_tensor: int) -> Graph:
-    """The operators after `embedding_tensor`, as a model whose input is that tensor."""
-    head = copy_graph(graph)
-    producer = head.producer(embedding_tensor)
+    """The operators after `embedding_tensor`, as a model whose input is that tensor.
+
+    `graph` is left as it is. Only what pruning rewrites is copied (the operator and tensor
+    records, the lists); constants are shared, so no extractor weights are copied.
+    """
+    producer = graph.producer(embedding_tensor)
     if producer is None:
         raise WorkbenchError("the embedding tensor is not produced by the extractor")
-    head.subgraph.operators = head.operators[producer + 1 :]
-    if not head.operators:
+    if producer + 1 >= len(graph.operators):
         raise WorkbenchError("the model has no layers after its embedding tensor")
+    model = copy.copy(graph.model)
+    model.signatureDefs = model.metadata = model.metadataBuffer = None
+    model.buffers = list(graph.model.buffers)
+    subgraph = copy.copy(graph.subgraph)
+    subgraph.tensors = [copy.copy(t) for t in graph.tensors]
+    subgraph.operators = [copy.copy(op) for op in graph.operators[producer + 1 :]]
+    model.subgraphs = [subgraph]
+    head = Graph(model)
     head.set_inputs([embedding_tensor])
-    head.model.signatureDefs = None
     head.prune()
     return head
 
