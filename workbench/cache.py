@@ -15,6 +15,7 @@ import functools
 import hashlib
 import os
 import sqlite3
+import stat
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,33 +61,34 @@ class FileKey:
 
     @classmethod
     def of(cls, path: str | Path) -> FileKey | None:
-        """The file's key, or None (not cached) if it cannot be read or named in UTF-8."""
+        """The file's key, or None (not cached) if it cannot be read or named in UTF-8.
+
+        One `lstat` per ordinary file (a warm run keys thousands): the folder part of the
+        absolute path is resolved once per folder; a file that is itself a symbolic link is
+        resolved in full, so a linked image keeps the cache entry of the file it points to.
+        """
+        text = os.fspath(path)
         try:
-            str(path).encode("utf-8")
+            text.encode("utf-8")
         except UnicodeEncodeError:
             return None
         try:
-            absolute = _resolved(Path(path))
-            st = absolute.stat()
+            st = os.lstat(text)
+            if stat.S_ISLNK(st.st_mode):
+                absolute = str(Path(text).resolve())
+                st = os.stat(absolute)
+            else:
+                full = os.path.abspath(text)
+                folder, name = os.path.split(full)
+                absolute = os.path.join(_resolved_folder(folder), name)
         except OSError:
             return None
-        return cls(str(absolute), st.st_size, st.st_mtime_ns)
+        return cls(absolute, st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=4096)
-def _resolved_folder(folder: str) -> Path:
-    return Path(folder).resolve()
-
-
-def _resolved(path: Path) -> Path:
-    """`path.resolve()`, with each folder resolved once: thousands of images share a few.
-
-    A file that is itself a symbolic link is resolved in full, so a linked image keeps the
-    cache entry of the file it points to.
-    """
-    if path.is_symlink():
-        return path.resolve()
-    return _resolved_folder(os.path.abspath(path.parent)) / path.name
+def _resolved_folder(folder: str) -> str:
+    return str(Path(folder).resolve())
 
 
 def _digest(key: FileKey, vector: bytes) -> bytes:

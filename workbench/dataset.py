@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import random
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +87,39 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def _class_files(folder: Path, skipped: list[Path]) -> list[Path]:
+    """The image files under a class folder, at any depth; the rest goes to `skipped`.
+
+    Hidden entries (and what is inside hidden folders) are ignored; a linked folder is not
+    followed, as `Path.rglob` does not. Directory entries say whether they are files
+    without a stat call for every image, which thousands of images add up to.
+    """
+    files: list[Path] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as listing:
+                entries = list(listing)
+        except OSError:
+            continue
+        for item in entries:
+            if item.name.startswith("."):
+                continue
+            path = current / item.name
+            try:
+                is_file = item.is_file()
+                if not is_file and item.is_dir(follow_symlinks=False):
+                    pending.append(path)
+            except OSError:
+                is_file = False
+            if is_file:
+                (files if is_image_file(path) else skipped).append(path)
+            elif is_image_file(path):  # a folder named x.jpg: say so rather than ignore it
+                skipped.append(path)
+    return files
+
+
 def scan(root: str | Path) -> Dataset:
     """Find the classes (sub-folders, sorted by name) and their image files.
 
@@ -112,16 +144,7 @@ def scan(root: str | Path) -> Dataset:
         if not entry.is_dir():
             skipped.append(entry)
             continue
-        files: list[Path] = []
-        for path in sorted(entry.rglob("*")):
-            if any(part.startswith(".") for part in path.relative_to(entry).parts):
-                continue
-            if not path.is_file():
-                if is_image_file(path):  # a folder named x.jpg: say so rather than ignore it
-                    skipped.append(path)
-                continue
-            (files if is_image_file(path) else skipped).append(path)
-        images[entry.name] = files
+        images[entry.name] = sorted(_class_files(entry, skipped))
 
     for name in images:
         problem = label_problem(name)
@@ -138,7 +161,7 @@ def scan(root: str | Path) -> Dataset:
         raise WorkbenchError(
             f"every class needs at least 2 images; too few in {root}: {', '.join(too_small)}"
         )
-    return Dataset(root, sorted(images), images, skipped)
+    return Dataset(root, sorted(images), images, sorted(skipped))
 
 
 def held_out_count(n: int, test_ratio: float) -> int:
@@ -200,19 +223,20 @@ def fingerprints(paths: list[Path]) -> np.ndarray:
     """A 64-bit fingerprint of each file (size and first 64 KiB), sorted; unreadable: none.
 
     Models record their training images' fingerprints, so `evaluate` can tell when images
-    it is asked to score were trained on, wherever the folder was copied or moved.
+    it is asked to score were trained on, wherever the folder was copied or moved. One plain
+    loop: training runs it in a thread beside the fit, where a pool's per-file futures would
+    add to the fit's peak memory.
     """
-
-    def one(path: Path) -> int | None:
+    found = np.zeros(len(paths), np.uint64)
+    readable = np.zeros(len(paths), bool)
+    for i, path in enumerate(paths):
         try:
             with open(path, "rb") as f:
                 head = f.read(FINGERPRINT_BYTES)
                 size = os.fstat(f.fileno()).st_size
         except OSError:
-            return None
+            continue
         digest = hashlib.blake2b(head, digest_size=8, key=str(size).encode())
-        return int.from_bytes(digest.digest(), "little")
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        found = [v for v in pool.map(one, paths) if v is not None]
-    return np.unique(np.asarray(found, dtype=np.uint64))
+        found[i] = int.from_bytes(digest.digest(), "little")
+        readable[i] = True
+    return np.unique(found[readable])
