@@ -9,6 +9,7 @@ one unit) is the same for both and lives here.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,7 +36,7 @@ from workbench.progress import Reporter
 from workbench.report import Report
 from workbench.report_html import render_report
 from workbench.runtime import LoadedModel, load_model
-from workbench.tflite.graph import Graph
+from workbench.tflite.graph import Graph, read_model_bytes
 from workbench.tflite.heads import embedding_output
 
 # Below this agreement between the exported model and its float head, a run exits 1.
@@ -140,8 +141,12 @@ def prepare(
         inputs = [source.path, *source.inputs]
         check_outputs(targets, inputs=inputs, data_dirs=[data_dir])
         remove_stale(targets.values())
-    graph = source.graph or Graph.load(source.path)
-    content = None if source.graph is None else graph.to_bytes()
+    if source.graph is None:  # read and checked once, for both the editor and the runtime
+        content = read_model_bytes(source.path)
+        graph = Graph.from_bytes(content, str(source.path))
+    else:
+        graph = source.graph
+        content = graph.to_bytes()
     model = load_model(source.path, device=run.device, content=content)
     if source.graph is None:
         check_extractor(graph, source.path, run.force)
@@ -168,10 +173,13 @@ def train(
     start = time.perf_counter()
     # One BLAS thread: the fits' matrix work is small enough that threads gain little, and
     # OpenBLAS threads that spin on a busy machine made a 0.4 s decomposition take 5 s.
-    with threadpool_limits(limits=1, user_api="blas"):
+    # The training files' fingerprints (file reads and hashing, which release the GIL) are
+    # taken beside the fit, in the gaps it leaves.
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(1) as side:
+        found = side.submit(fingerprints, prepared.split.files("train")[0])
         fitted = trainer.fit(prepared, reporter)
-    train_seconds = time.perf_counter() - start
-    training_files = fingerprints(prepared.split.files("train")[0])
+        train_seconds = time.perf_counter() - start
+        training_files = found.result()
     graph = prepared.graph  # the run's own copy: the head is appended to it in place
     metadata = {
         **fitted.metadata, **trainer.append(fitted, graph), **prepared.info,
