@@ -14,8 +14,10 @@ import base64
 import io
 import json
 import math
+import os
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -482,12 +484,17 @@ def _top_confusions(confusion: Confusion) -> str:
 
 def thumbnail_data_uri(path: str | Path, size: int = THUMBNAIL_PX) -> str | None:
     """A small JPEG of the image as a data URI, upright by EXIF; None if it cannot be read."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # odd EXIF or palettes are not worth a warning here
+        return _thumbnail(path, size)
+
+
+def _thumbnail(path: str | Path, size: int) -> str | None:
+    """`thumbnail_data_uri` without its warnings filter, which is not thread-safe."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # odd EXIF or palettes are not worth a warning here
-            with Image.open(path) as image:
-                image.draft("RGB", (2 * size, 2 * size))  # JPEG: decode at reduced size, fast
-                upright = ImageOps.exif_transpose(image).convert("RGB")
+        with Image.open(path) as image:
+            image.draft("RGB", (2 * size, 2 * size))  # JPEG: decode at reduced size, fast
+            upright = ImageOps.exif_transpose(image).convert("RGB")
         upright.thumbnail((size, size))
         buffer = io.BytesIO()
         upright.save(buffer, "JPEG", quality=72, optimize=True)
@@ -496,10 +503,9 @@ def thumbnail_data_uri(path: str | Path, size: int = THUMBNAIL_PX) -> str | None
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _mistake_figure(mistake: dict[str, Any]) -> str:
+def _mistake_figure(mistake: dict[str, Any], uri: str | None) -> str:
     file = str(mistake.get("file", ""))
     true, predicted = str(mistake.get("true", "?")), str(mistake.get("predicted", "?"))
-    uri = thumbnail_data_uri(file) if file else None
     if uri is None:
         why = "image missing" if not file or not Path(file).exists() else "image unreadable"
         picture = f'<div class="placeholder" role="img" aria-label="{why}">{why}</div>'
@@ -533,11 +539,16 @@ def _gallery_section(report: dict[str, Any], limit: int) -> str:
     count = (
         f"all {len(shown)}" if len(shown) == len(mistakes) else f"{len(shown)} of {len(mistakes)}"
     )
+    # Decoding and scaling release the GIL: the thumbnails are made on every core.
+    files = [str(m.get("file", "")) for m in shown]
+    with warnings.catch_warnings(), ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+        warnings.simplefilter("ignore")  # odd EXIF or palettes are not worth a warning here
+        thumbnails = list(pool.map(lambda f: _thumbnail(f, THUMBNAIL_PX) if f else None, files))
     return (
         '<section id="mistakes"><h2>Misclassified held-out images</h2>'
         f'<p class="muted">Showing {count}, most confident mistakes first: true class, then '
         "the predicted class and its score. Hover or long-press for the file.</p>"
-        f'<div class="gallery">{"".join(_mistake_figure(m) for m in shown)}</div></section>'
+        f'<div class="gallery">{"".join(map(_mistake_figure, shown, thumbnails))}</div></section>'
     )
 
 

@@ -79,12 +79,16 @@ class Whitening:
         return np.asarray(vectors, np.float64) @ carry.T
 
     def to_bytes(self) -> bytes:
-        """The statistics, compact (float16 upper triangle of the scatter), for a model file."""
+        """The statistics, compact (float16 upper triangle of the scatter), for a model file.
+
+        Stored uncompressed: float16 covariances compress by under a tenth, and compressing
+        took 30-70 ms of every export.
+        """
         if self.scatter is None:
             raise ValueError("this whitening has no statistics to store")
         upper = self.scatter[np.triu_indices(len(self.scatter))].astype(np.float16)
         buffer = io.BytesIO()
-        np.savez_compressed(
+        np.savez(
             buffer,
             scatter_upper=upper,
             mean=self.mean.astype(np.float32),
