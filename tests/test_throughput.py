@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.builders import make_dataset
-from workbench.cache import OutputCache
+from workbench.cache import FileKey, OutputCache
 from workbench.cli import app
 from workbench.embeddings import run_model
 from workbench.images import ImageError, Preprocessing, load_input
@@ -169,6 +169,40 @@ def test_imprint_backprop_and_evaluate_share_the_cache(
     assert len(list((other / "outputs").glob("*.sqlite"))) == 1  # the trained model's
 
 
+def test_cache_keys_follow_links_as_path_resolve_does(tmp_path: Path) -> None:
+    """A linked image keys as its target (absolute, relative, chained, through a linked
+    folder); a broken link or a loop is not cached."""
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    (real / "a.jpg").write_bytes(b"a")
+    (real / "sub" / "b.jpg").write_bytes(b"bb")
+    other = tmp_path / "other"
+    other.mkdir()
+    (tmp_path / "linked_dir").symlink_to(real / "sub")
+    links = {
+        "abs.jpg": str(real / "a.jpg"),
+        "rel.jpg": "../real/a.jpg",
+        "chain.jpg": "rel.jpg",
+        "via_folder_link.jpg": "../linked_dir/b.jpg",
+        "up_from_linked.jpg": "../linked_dir/../a.jpg",
+        "broken.jpg": "nowhere.jpg",
+        "loop1.jpg": "loop2.jpg",
+        "loop2.jpg": "loop1.jpg",
+        "folder": "../real/",
+    }
+    for name, target in links.items():
+        (other / name).symlink_to(target)
+    for path in [real / "a.jpg", tmp_path / "linked_dir" / "b.jpg", *(other / n for n in links)]:
+        key = FileKey.of(path)
+        try:
+            expected = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            assert key is None, path
+            continue
+        assert key is not None and Path(key.path) == expected, path
+        assert key.size == expected.stat().st_size
+
+
 def test_unwritable_cache_dir_only_costs_time(
     tmp_path: Path, models: dict[str, Path], colors: Path
 ) -> None:
@@ -196,6 +230,14 @@ def test_bench_pipeline_and_model_print_their_figures(
         assert figures[key] > 0
     for key in ("imprint_over_coral_loop", "imprint_warm_over_cold"):
         assert figures[key] > 0
+    # without --limit the imprint runs on the folder itself, which it leaves as it was
+    before = sorted((p, p.stat().st_mtime_ns) for p in colors.rglob("*"))
+    whole = runner.invoke(app, ["bench", "pipeline", str(colors), "-e", str(models["uint8"]),
+                                "--json"])  # fmt: skip
+    assert whole.exit_code == 0, whole.output
+    assert json.loads(whole.stdout)["images"] == 36
+    assert json.loads(whole.stdout)["imprint_warm_over_cold"] > 0
+    assert sorted((p, p.stat().st_mtime_ns) for p in colors.rglob("*")) == before
     model = runner.invoke(app, ["bench", "model", str(models["int8"]), "--runs", "5", "--json"])
     assert model.exit_code == 0, model.output
     latency = json.loads(model.stdout)

@@ -63,9 +63,7 @@ class FileKey:
     def of(cls, path: str | Path) -> FileKey | None:
         """The file's key, or None (not cached) if it cannot be read or named in UTF-8.
 
-        One `lstat` per ordinary file (a warm run keys thousands): the folder part of the
-        absolute path is resolved once per folder; a file that is itself a symbolic link is
-        resolved in full, so a linked image keeps the cache entry of the file it points to.
+        A linked image keys as the file it points to, so it shares that file's entry.
         """
         text = os.fspath(path)
         try:
@@ -73,17 +71,37 @@ class FileKey:
         except UnicodeEncodeError:
             return None
         try:
-            st = os.lstat(text)
-            if stat.S_ISLNK(st.st_mode):
-                absolute = str(Path(text).resolve())
-                st = os.stat(absolute)
-            else:
-                full = os.path.abspath(text)
-                folder, name = os.path.split(full)
-                absolute = os.path.join(_resolved_folder(folder), name)
+            absolute, st = _resolved_file(os.path.abspath(text))
         except OSError:
             return None
         return cls(absolute, st.st_size, st.st_mtime_ns)
+
+
+# Symbolic links followed in a row before a path counts as unreadable (as the OS's ELOOP).
+MAX_LINKS = 40
+
+
+def _resolved_file(absolute: str) -> tuple[str, os.stat_result]:
+    """The real path of a file and its status, as `Path.resolve()` and `stat()` give them.
+
+    Folders are resolved once each (cached): thousands of images share a few. A link is
+    followed to its target, whose folder is resolved the same way, until a path is not a
+    link; one `lstat` for an ordinary file, three for a linked one.
+    """
+    for _ in range(MAX_LINKS):
+        st = os.lstat(absolute)
+        folder, name = os.path.split(absolute)
+        if not stat.S_ISLNK(st.st_mode):
+            return os.path.join(_resolved_folder(folder), name), st
+        target = os.readlink(absolute)
+        target_folder, target_name = os.path.split(target)
+        if target_name in ("", ".", ".."):  # a link to a folder: no shortcut
+            real = str(Path(absolute).resolve())
+            return real, os.stat(real)
+        absolute = os.path.join(
+            _resolved_folder(os.path.join(_resolved_folder(folder), target_folder)), target_name
+        )
+    raise OSError(f"too many levels of symbolic links: {absolute}")
 
 
 @functools.lru_cache(maxsize=4096)
