@@ -114,9 +114,8 @@ def bench_pipeline(
     """
     reporter = reporter or Reporter()
     dataset = scan(data_dir)
-    paths = [p for name in dataset.classes for p in dataset.images[name]]
-    if limit is not None:
-        paths = paths[: max(1, limit)]
+    everything = [p for name in dataset.classes for p in dataset.images[name]]
+    paths = everything if limit is None else everything[: max(1, limit)]
     model = load_model(extractor, device=device)
     prep = Preprocessing.for_input(model.input)
     n = len(paths)
@@ -142,7 +141,8 @@ def bench_pipeline(
     )
     preloaded = [load_input(p, prep) for p in paths[:INVOKE_SAMPLE]]
     invoke = timed("invoke only", lambda: invoke_only(model, preloaded, n))
-    imprint_cold, imprint_warm = time_imprint(paths, extractor, device, reporter)
+    whole = Path(data_dir) if len(paths) == len(everything) else None
+    imprint_cold, imprint_warm = time_imprint(paths, extractor, device, reporter, whole)
     seconds = {"coral_loop": coral, "coral_loop_default_threads": coral_default,
                "invoke_only": invoke, "workbench_cold": cold, "workbench_warm": warm}  # fmt: skip
     return {
@@ -185,25 +185,31 @@ def time_warm_cache(
 
 
 def time_imprint(
-    paths: list[Path], extractor: str | Path, device: str | None, reporter: Reporter
+    paths: list[Path],
+    extractor: str | Path,
+    device: str | None,
+    reporter: Reporter,
+    folder: Path | None = None,
 ) -> tuple[float, float]:
     """Wall time of a whole `imprint` run on these images: cold cache, then warm.
 
-    Everything a user waits for: extraction, training, export, evaluation, writing. The
-    images are linked into a fresh folder (same class folders) so the run sees exactly them,
-    and the cap is lifted to the largest class so that it extracts every one of them: the
-    same images as Coral's loop, for a fair ratio.
+    Everything a user waits for: extraction, training, export, evaluation, writing. The run
+    reads `folder` when it holds exactly `paths` (the whole data folder); otherwise the
+    images are linked into a fresh folder (same class folders). The cap is lifted to the
+    largest class so that it extracts every image: the same as Coral's loop, for a fair
+    ratio. Outputs and the cache go to a temporary folder.
     """
     from workbench.options import DataOptions, ImprintOptions, RunOptions
     from workbench.trainers import Imprint
     from workbench.training import train
 
     with tempfile.TemporaryDirectory(prefix="workbench-bench-") as root:
-        folder = Path(root) / "data"
-        for i, path in enumerate(paths):
-            target = folder / path.parent.name / f"{i:06d}_{path.name}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(path.resolve())
+        if folder is None:
+            folder = Path(root) / "data"
+            for i, path in enumerate(paths):
+                target = folder / path.parent.name / f"{i:06d}_{path.name}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.symlink_to(path.resolve())
         largest = max(Counter(path.parent.name for path in paths).values())
         data = DataOptions(max_per_class=max(largest, DataOptions.max_per_class))
         seconds = []
