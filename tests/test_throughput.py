@@ -192,7 +192,13 @@ def test_cache_keys_follow_links_as_path_resolve_does(tmp_path: Path) -> None:
     }
     for name, target in links.items():
         (other / name).symlink_to(target)
-    for path in [real / "a.jpg", tmp_path / "linked_dir" / "b.jpg", *(other / n for n in links)]:
+    # '..' after a linked folder goes up from where the link points, not from where it sits
+    (tmp_path / "deep" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "deep" / "a" / "b" / "back.jpg").symlink_to(real / "a.jpg")
+    (tmp_path / "bl").symlink_to(tmp_path / "deep" / "a" / "b")
+    up_from_link = tmp_path / "bl" / ".." / "b" / "back.jpg"
+    paths = [real / "a.jpg", tmp_path / "linked_dir" / "b.jpg", up_from_link]
+    for path in [*paths, *(other / n for n in links)]:
         key = FileKey.of(path)
         try:
             expected = path.resolve(strict=True)

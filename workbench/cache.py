@@ -71,7 +71,8 @@ class FileKey:
         except UnicodeEncodeError:
             return None
         try:
-            absolute, st = _resolved_file(os.path.abspath(text))
+            # Joined, not normalized: a '..' after a linked folder is for the OS to follow.
+            absolute, st = _resolved_file(os.path.join(os.getcwd(), text))
         except OSError:
             return None
         return cls(absolute, st.st_size, st.st_mtime_ns)
@@ -91,6 +92,9 @@ def _resolved_file(absolute: str) -> tuple[str, os.stat_result]:
     for _ in range(MAX_LINKS):
         st = os.lstat(absolute)
         folder, name = os.path.split(absolute)
+        if name in ("", ".", ".."):  # a folder named by its own path: no shortcut
+            real = str(Path(absolute).resolve())
+            return real, os.stat(real)
         if not stat.S_ISLNK(st.st_mode):
             return os.path.join(_resolved_folder(folder), name), st
         target = os.readlink(absolute)
