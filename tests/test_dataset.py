@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from workbench.dataset import held_out_count, load_split, scan, split
+from workbench.dataset import fingerprints, held_out_count, load_split, scan, split
 from workbench.errors import WorkbenchError
 from workbench.options import DataOptions, OptionError
 
@@ -127,3 +129,18 @@ def test_load_split_rejects_a_file_without_split(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(WorkbenchError, match="cannot read report"):
         load_split(tmp_path / "bad.json")
+
+
+def test_fingerprints_tell_files_apart_skip_unreadable_ones_and_stop_when_told(
+    tmp_path: Path,
+) -> None:
+    a, b, same_as_a = tmp_path / "a.jpg", tmp_path / "b.jpg", tmp_path / "copy.jpg"
+    a.write_bytes(b"\xff\xd8 one photo")
+    b.write_bytes(b"\xff\xd8 another photo")
+    same_as_a.write_bytes(a.read_bytes())
+    found = fingerprints([a, b, same_as_a, tmp_path / "missing.jpg"])
+    assert found.dtype == np.uint64 and len(found) == 2  # a copy has a's fingerprint
+    assert np.array_equal(found, np.sort(found))
+    stop = threading.Event()
+    stop.set()
+    assert len(fingerprints([a, b], stop)) == 0

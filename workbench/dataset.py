@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,17 +220,19 @@ def load_split(report_path: str | Path) -> Split:
 FINGERPRINT_BYTES = 1 << 16
 
 
-def fingerprints(paths: list[Path]) -> np.ndarray:
+def fingerprints(paths: list[Path], stop: threading.Event | None = None) -> np.ndarray:
     """A 64-bit fingerprint of each file (size and first 64 KiB), sorted; unreadable: none.
 
     Models record their training images' fingerprints, so `evaluate` can tell when images
     it is asked to score were trained on, wherever the folder was copied or moved. One plain
     loop: training runs it in a thread beside the fit, where a pool's per-file futures would
-    add to the fit's peak memory.
+    add to the fit's peak memory. Setting `stop` ends it early (what it found so far).
     """
     found = np.zeros(len(paths), np.uint64)
     readable = np.zeros(len(paths), bool)
     for i, path in enumerate(paths):
+        if stop is not None and stop.is_set():
+            break
         try:
             with open(path, "rb") as f:
                 head = f.read(FINGERPRINT_BYTES)

@@ -8,6 +8,7 @@ one unit) is the same for both and lives here.
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -175,9 +176,14 @@ def train(
     # OpenBLAS threads that spin on a busy machine made a 0.4 s decomposition take 5 s.
     # The training files' fingerprints (file reads and hashing, which release the GIL) are
     # taken beside the fit, in the gaps it leaves.
+    stop = threading.Event()  # a failed or interrupted fit does not wait for the reading
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(1) as side:
-        found = side.submit(fingerprints, prepared.split.files("train")[0])
-        fitted = trainer.fit(prepared, reporter)
+        found = side.submit(fingerprints, prepared.split.files("train")[0], stop)
+        try:
+            fitted = trainer.fit(prepared, reporter)
+        except BaseException:
+            stop.set()
+            raise
         train_seconds = time.perf_counter() - start
         training_files = found.result()
     graph = prepared.graph  # the run's own copy: the head is appended to it in place
