@@ -142,7 +142,10 @@ def bench_pipeline(
     preloaded = [load_input(p, prep) for p in paths[:INVOKE_SAMPLE]]
     invoke = timed("invoke only", lambda: invoke_only(model, preloaded, n))
     whole = Path(data_dir) if len(paths) == len(everything) else None
-    imprint_cold, imprint_warm = time_imprint(paths, extractor, device, reporter, whole)
+    classes = [name for name in dataset.classes for _ in dataset.images[name]][: len(paths)]
+    imprint_cold, imprint_warm = time_imprint(
+        list(zip(classes, paths, strict=True)), extractor, device, reporter, whole
+    )
     seconds = {"coral_loop": coral, "coral_loop_default_threads": coral_default,
                "invoke_only": invoke, "workbench_cold": cold, "workbench_warm": warm}  # fmt: skip
     return {
@@ -185,7 +188,7 @@ def time_warm_cache(
 
 
 def time_imprint(
-    paths: list[Path],
+    images: list[tuple[str, Path]],
     extractor: str | Path,
     device: str | None,
     reporter: Reporter,
@@ -194,10 +197,10 @@ def time_imprint(
     """Wall time of a whole `imprint` run on these images: cold cache, then warm.
 
     Everything a user waits for: extraction, training, export, evaluation, writing. The run
-    reads `folder` when it holds exactly `paths` (the whole data folder); otherwise the
-    images are linked into a fresh folder (same class folders). The cap is lifted to the
-    largest class so that it extracts every image: the same as Coral's loop, for a fair
-    ratio. Outputs and the cache go to a temporary folder.
+    reads `folder` when it holds exactly these (class, path) `images` (the whole data folder);
+    otherwise they are linked into a fresh folder, one sub-folder per class. The cap is lifted
+    to the largest class so that it extracts every image: the same as Coral's loop, for a
+    fair ratio. Outputs and the cache go to a temporary folder.
     """
     from workbench.options import DataOptions, ImprintOptions, RunOptions
     from workbench.trainers import Imprint
@@ -206,11 +209,11 @@ def time_imprint(
     with tempfile.TemporaryDirectory(prefix="workbench-bench-") as root:
         if folder is None:
             folder = Path(root) / "data"
-            for i, path in enumerate(paths):
-                target = folder / path.parent.name / f"{i:06d}_{path.name}"
+            for i, (name, path) in enumerate(images):
+                target = folder / name / f"{i:06d}_{path.name}"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.symlink_to(path.resolve())
-        largest = max(Counter(path.parent.name for path in paths).values())
+        largest = max(Counter(name for name, _ in images).values())
         data = DataOptions(max_per_class=max(largest, DataOptions.max_per_class))
         seconds = []
         for run in ("cold", "warm"):
