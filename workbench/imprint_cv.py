@@ -53,11 +53,18 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def cross_entropy_rows(cos: np.ndarray, labels: np.ndarray, temperature: float) -> np.ndarray:
-    logits = temperature * cos
-    logits = logits - logits.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(logits).sum(axis=1))
-    return log_norm - logits[np.arange(len(labels)), labels]
+def cross_entropy_rows(
+    cos: np.ndarray, labels: np.ndarray, temperature: float | np.ndarray
+) -> np.ndarray:
+    """Per-row cross-entropy of softmax(temperature x cos) against `labels`.
+
+    `temperature` (> 0) may be an array shaped to broadcast against `cos` ([T, 1, 1] for T
+    temperatures at once, giving [T, N]). The largest logit is the temperature times the
+    largest cosine (the same float), so the maximum is taken once, over `cos`.
+    """
+    logits = temperature * cos - temperature * cos.max(axis=-1, keepdims=True)
+    log_norm = np.log(np.exp(logits).sum(axis=-1))
+    return log_norm - logits[..., np.arange(len(labels)), labels]
 
 
 def best_temperature(cos: np.ndarray, labels: np.ndarray) -> float:
@@ -69,14 +76,11 @@ def best_temperature(cos: np.ndarray, labels: np.ndarray) -> float:
     cos = np.asarray(cos, np.float64)
     if cos.size == 0:
         return float(TEMPERATURES[0])
-    shifted = cos - cos.max(axis=1, keepdims=True)  # the max logit is T x the max cosine
-    own = shifted[np.arange(len(labels)), labels]
     per_block = max(1, TEMPERATURE_BLOCK // cos.size)
-    losses = []
-    for start in range(0, len(TEMPERATURES), per_block):
-        t = TEMPERATURES[start : start + per_block, None]
-        log_norm = np.log(np.exp(t[:, :, None] * shifted).sum(axis=2))
-        losses.append((log_norm - t * own).mean(axis=1))
+    blocks = [
+        TEMPERATURES[i : i + per_block, None, None] for i in range(0, len(TEMPERATURES), per_block)
+    ]
+    losses = [cross_entropy_rows(cos, labels, t).mean(axis=-1) for t in blocks]
     return float(TEMPERATURES[int(np.argmin(np.concatenate(losses)))])
 
 
