@@ -189,6 +189,8 @@ def test_cache_keys_follow_links_as_path_resolve_does(tmp_path: Path) -> None:
         "loop1.jpg": "loop2.jpg",
         "loop2.jpg": "loop1.jpg",
         "folder": "../real/",
+        "parent": "..",
+        "itself": ".",
     }
     for name, target in links.items():
         (other / name).symlink_to(target)

@@ -97,11 +97,9 @@ def _resolved_file(absolute: str) -> tuple[str, os.stat_result]:
             return real, os.stat(real)
         if not stat.S_ISLNK(st.st_mode):
             return os.path.join(_resolved_folder(folder), name), st
-        target = os.readlink(absolute)
-        target_folder, target_name = os.path.split(target)
-        if target_name in ("", ".", ".."):  # a link to a folder: no shortcut
-            real = str(Path(absolute).resolve())
-            return real, os.stat(real)
+        # The target, its folder resolved; a target named by a folder's own path ("dir/",
+        # "..") takes the branch above on the next turn.
+        target_folder, target_name = os.path.split(os.readlink(absolute))
         absolute = os.path.join(
             _resolved_folder(os.path.join(_resolved_folder(folder), target_folder)), target_name
         )
