@@ -114,8 +114,9 @@ def bench_pipeline(
     """
     reporter = reporter or Reporter()
     dataset = scan(data_dir)
-    everything = [p for name in dataset.classes for p in dataset.images[name]]
-    paths = everything if limit is None else everything[: max(1, limit)]
+    everything = [(name, p) for name in dataset.classes for p in dataset.images[name]]
+    labelled = everything if limit is None else everything[: max(1, limit)]
+    paths = [path for _, path in labelled]
     model = load_model(extractor, device=device)
     prep = Preprocessing.for_input(model.input)
     n = len(paths)
@@ -141,11 +142,8 @@ def bench_pipeline(
     )
     preloaded = [load_input(p, prep) for p in paths[:INVOKE_SAMPLE]]
     invoke = timed("invoke only", lambda: invoke_only(model, preloaded, n))
-    whole = Path(data_dir) if len(paths) == len(everything) else None
-    classes = [name for name in dataset.classes for _ in dataset.images[name]][: len(paths)]
-    imprint_cold, imprint_warm = time_imprint(
-        list(zip(classes, paths, strict=True)), extractor, device, reporter, whole
-    )
+    whole = Path(data_dir) if len(labelled) == len(everything) else None
+    imprint_cold, imprint_warm = time_imprint(labelled, extractor, device, reporter, whole)
     seconds = {"coral_loop": coral, "coral_loop_default_threads": coral_default,
                "invoke_only": invoke, "workbench_cold": cold, "workbench_warm": warm}  # fmt: skip
     return {
