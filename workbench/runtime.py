@@ -286,12 +286,12 @@ def load_model(
     if content is None:
         data = read_model_bytes(path)
         # A file from disk is unpacked once in full: a damaged one gets a clear error here
-        # rather than whatever the runtime's loader makes of it.
-        graph_ops = _op_codes(unpack_model(data, str(path)))
-    else:  # built by workbench, or the bytes of a model already loaded
+        # rather than whatever the runtime's loader makes of it. Bytes passed in were built
+        # by workbench or come from a model already loaded.
+        unpack_model(data, str(path))
+    else:
         data = content
-        graph_ops = custom_codes(data)
-    edgetpu = EDGETPU_CUSTOM_CODE in graph_ops
+    edgetpu = EDGETPU_CUSTOM_CODE in custom_codes(data)
     delegates = []
     if edgetpu or device:
         try:
@@ -365,12 +365,3 @@ def native_stderr() -> Iterator[_NativeLog]:
             os.close(saved)
             capture.seek(0)
             log.text = capture.read().decode(errors="replace")
-
-
-def _op_codes(model: Any) -> set[str]:
-    codes = set()
-    for opcode in model.operatorCodes or []:
-        custom = opcode.customCode
-        if custom:
-            codes.add(custom.decode() if isinstance(custom, bytes) else str(custom))
-    return codes
