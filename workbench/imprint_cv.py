@@ -14,7 +14,7 @@ handful of images the difference is noise and the plain head stays.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -190,6 +190,7 @@ def cross_validate(
     candidates: list[Candidate],
     seed: int = 0,
     folds: int | None = None,
+    pool: Executor | None = None,
 ) -> HeldOutScores:
     """Held-out cosines of every candidate, over `folds` folds (repeated for small sets).
 
@@ -200,6 +201,8 @@ def cross_validate(
     The folds are independent: on sets small enough that two folds' work arrays fit twice
     over (PARALLEL_ELEMENTS), they run two at a time in threads (numpy's linear algebra
     releases the GIL), each with one BLAS thread. The result is the same as one at a time.
+    `pool`: the threads to run them in instead (the caller's, shared with other work and
+    limited to one BLAS thread by the caller); on larger sets it is not used.
     """
     # float32 halves the memory of the [N, D] work arrays; sums and cosines are float64.
     x = np.asarray(embeddings, np.float32)
@@ -222,7 +225,9 @@ def cross_validate(
         return _fold_cosines(x, y, job[1], num_classes, candidates, job[2])
 
     workers = min(cpu_threads(), 2) if x.size <= PARALLEL_ELEMENTS else 1
-    if workers > 1:
+    if pool is not None and x.size <= PARALLEL_ELEMENTS:
+        results = list(pool.map(run, jobs))
+    elif workers > 1:
         with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
             results = list(pool.map(run, jobs))
     else:

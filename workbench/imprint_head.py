@@ -46,6 +46,7 @@ from workbench.imprint_cv import (
     cross_validate,
 )
 from workbench.options import ImprintOptions
+from workbench.runtime import cpu_threads
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import ImprintingTail, Transform, append_imprinting_tail
 from workbench.whitening import Eigen, Whitening, fit_whitening, float_rows, scatter_eigen
@@ -79,15 +80,17 @@ def cross_validate_and_decompose(
     """The candidates' cross-validation and, beside it, the whole set's scatter decomposition.
 
     The final whitening needs the decomposition of all training images' scatter whichever
-    shrinkage wins; on small sets (where the folds run two at a time) it is computed in a
-    thread of its own while the folds run, with one BLAS thread each. Large sets compute it
-    afterwards, when needed, to keep one fold's memory at a time.
+    shrinkage wins; on small sets (where the folds run two at a time) it is one more job for
+    the folds' two threads, each with one BLAS thread: three folds and it make two even
+    rounds (a thread of its own beside the folds' two left the last fold running alone).
+    Large sets compute it afterwards, when needed, to keep one fold's memory at a time.
     """
     if all(c is PLAIN for c in candidates) or x.size > PARALLEL_ELEMENTS:
         return cross_validate(x, y, num_classes, candidates, seed), None
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(1) as side:
-        known = side.submit(scatter_eigen, x, y)
-        held_out = cross_validate(x, y, num_classes, candidates, seed)
+    workers = min(cpu_threads(), 2)
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        known = pool.submit(scatter_eigen, x, y)
+        held_out = cross_validate(x, y, num_classes, candidates, seed, pool=pool)
         return held_out, known.result()
 
 
