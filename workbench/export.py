@@ -13,7 +13,11 @@ from workbench import __version__
 from workbench.errors import WorkbenchError
 from workbench.outputs import check_outputs, output_files, remove_stale, write_files_atomically
 from workbench.tflite.graph import Graph
-from workbench.tflite.metadata import ModelMetadata, with_standard_metadata
+from workbench.tflite.metadata import (
+    ModelMetadata,
+    graph_with_standard_metadata,
+    with_standard_metadata,
+)
 
 METADATA_NAME = "workbench"
 METADATA_FORMAT = 1
@@ -98,7 +102,8 @@ def model_bytes(graph: Graph, labels: list[str], info: dict[str, Any]) -> bytes:
     """The bytes of a finished model: workbench's own entry, then the standard metadata.
 
     The standard entry (with the labels packed in) is attached last: it appends an archive
-    to the flatbuffer, which any later re-packing would drop.
+    to the flatbuffer, which any later re-packing would drop. Both entries are set on
+    `graph` itself.
     """
     set_workbench_metadata(graph, {**info, "classes": list(labels)})
     trainer = info.get("trainer", "workbench")
@@ -109,7 +114,7 @@ def model_bytes(graph: Graph, labels: list[str], info: dict[str, Any]) -> bytes:
         version=__version__,
         labels=list(labels),
     )
-    return with_standard_metadata(graph.to_bytes(), described)
+    return graph_with_standard_metadata(graph, described)
 
 
 def save_model(

@@ -19,7 +19,7 @@ from workbench.errors import WorkbenchError
 from workbench.export import METADATA_NAME
 from workbench.tflite.graph import EDGETPU_CUSTOM_CODE, Graph
 from workbench.tflite.heads import PREFIX
-from workbench.tflite.metadata import ModelMetadata, with_standard_metadata
+from workbench.tflite.metadata import ModelMetadata, graph_with_standard_metadata
 from workbench.tflite.schema import fb
 
 LOGITS_LAYERS = ("FULLY_CONNECTED", "CONV_2D")
@@ -169,7 +169,7 @@ def write_extractor(
         output="embedding",
     )
     # The classifier's own metadata (its labels, its probability output) no longer applies.
-    data = with_standard_metadata(cut.graph.to_bytes(), described)
+    data = graph_with_standard_metadata(cut.graph, described)
     checked = load_model(target, content=data)
     checked.run(np.zeros(checked.input.shape, checked.input.dtype))
     write_files_atomically({target: data})
