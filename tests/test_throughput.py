@@ -13,6 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.builders import make_dataset
+from workbench.bench import WHOLE_RUN_PAIRS
 from workbench.cache import FileKey, OutputCache
 from workbench.cli import app
 from workbench.embeddings import run_model
@@ -238,6 +239,15 @@ def test_bench_pipeline_and_model_print_their_figures(
         assert figures[key] > 0
     for key in ("imprint_over_coral_loop", "imprint_warm_over_cold"):
         assert figures[key] > 0
+    # the whole-run ratio is of times summed over pairs each measured back to back
+    pairs = figures["pairs"]
+    assert len(pairs) == WHOLE_RUN_PAIRS
+    cold = sum(p["imprint_cold_s"] for p in pairs)
+    assert figures["imprint_over_coral_loop"] == pytest.approx(
+        cold / sum(p["coral_loop_s"] for p in pairs),
+        rel=0.1,  # pair times are rounded to ms
+    )
+    assert figures["imprint_cold_s"] == pytest.approx(cold / len(pairs), rel=0.01)
     # without --limit the imprint runs on the folder itself, which it leaves as it was
     before = sorted((p, p.stat().st_mtime_ns) for p in colors.rglob("*"))
     whole = runner.invoke(app, ["bench", "pipeline", str(colors), "-e", str(models["uint8"]),

@@ -25,6 +25,10 @@ from workbench.softmax_head import SoftmaxHead
 RUNTIME_DEFAULT_THREADS = 0
 # Distinct inputs kept in memory for the invoke-only loop (the content does not change the time).
 INVOKE_SAMPLE = 64
+# Coral's loop and a whole imprint are timed this many times, one right after the other: the
+# shared machine's speed drifts by 5-10% over minutes, so one pair far apart in time would
+# measure the drift as much as the programs.
+WHOLE_RUN_PAIRS = 2
 
 
 def bench_backprop(
@@ -106,7 +110,8 @@ def bench_pipeline(
     """Time the ways of embedding the same images, in one process, one after another.
 
     Then a whole `imprint` run on the same images, cold and with the cache warm, against
-    Coral's loop (extraction alone).
+    Coral's loop (extraction alone): WHOLE_RUN_PAIRS pairs of the loop and the imprint, each
+    imprint right after its loop; the ratios are of the times summed over the pairs.
 
     Workbench cold runs first, so the peak RSS it reports is that of a full extraction. The
     main comparison gives Coral's loop the same interpreter (threads = cores) as workbench;
@@ -134,7 +139,6 @@ def bench_pipeline(
     cold = timed("workbench cold", lambda: run_model(model, paths, prep))
     peak = _peak_rss_mb()
     warm = time_warm_cache(model, paths, prep, timed)
-    coral = timed("Coral demo loop", lambda: coral_demo_loop(model, paths))
     # As Coral's demos run it: pycoral's make_interpreter leaves the thread count to the runtime.
     as_shipped = load_model(extractor, device=device, num_threads=RUNTIME_DEFAULT_THREADS)
     coral_default = timed(
@@ -143,24 +147,40 @@ def bench_pipeline(
     preloaded = [load_input(p, prep) for p in paths[:INVOKE_SAMPLE]]
     invoke = timed("invoke only", lambda: invoke_only(model, preloaded, n))
     whole = Path(data_dir) if len(labelled) == len(everything) else None
-    imprint_cold, imprint_warm = time_imprint(labelled, extractor, device, reporter, whole)
-    seconds = {"coral_loop": coral, "coral_loop_default_threads": coral_default,
+    pairs = []  # (Coral's loop, cold imprint, warm imprint) seconds
+    for _ in range(WHOLE_RUN_PAIRS):
+        coral_s = timed("Coral demo loop", lambda: coral_demo_loop(model, paths))
+        pairs.append((coral_s, *time_imprint(labelled, extractor, device, reporter, whole)))
+    coral, imprint_cold, imprint_warm = (sum(column) for column in zip(*pairs, strict=True))
+    coral_mean = coral / len(pairs)
+    seconds = {"coral_loop": coral_mean, "coral_loop_default_threads": coral_default,
                "invoke_only": invoke, "workbench_cold": cold, "workbench_warm": warm}  # fmt: skip
     return {
         "images": n,
         "extractor": str(extractor),
         "threads": cpu_threads(),
         "ms_per_image": {name: round(1000 * s / n, 3) for name, s in seconds.items()},
-        "cold_over_coral_loop": round(cold / coral, 3),
+        "cold_over_coral_loop": round(cold / coral_mean, 3),
         "cold_over_coral_loop_default_threads": round(cold / coral_default, 3),
         "cold_over_invoke": round(cold / invoke, 3),
         "warm_over_cold": round(warm / cold, 4),
-        "imprint_cold_s": round(imprint_cold, 3),
-        "imprint_warm_s": round(imprint_warm, 3),
+        "imprint_cold_s": round(imprint_cold / len(pairs), 3),
+        "imprint_warm_s": round(imprint_warm / len(pairs), 3),
         "imprint_over_coral_loop": round(imprint_cold / coral, 3),
         "imprint_warm_over_cold": round(imprint_warm / imprint_cold, 4),
+        "pairs": [_pair_figures(*pair) for pair in pairs],
         "peak_rss_mb": round(peak, 1),
         "peak_rss_scope": "workbench cold extraction" if reset else "whole process so far",
+    }
+
+
+def _pair_figures(coral_s: float, cold_s: float, warm_s: float) -> dict[str, float]:
+    """One pair's own times and ratio, shown beside the ratio of the sums."""
+    return {
+        "coral_loop_s": round(coral_s, 3),
+        "imprint_cold_s": round(cold_s, 3),
+        "imprint_warm_s": round(warm_s, 3),
+        "imprint_over_coral_loop": round(cold_s / coral_s, 3),
     }
 
 
