@@ -243,8 +243,32 @@ def test_folds_in_threads_give_the_same_scores_as_one_at_a_time(
 def test_whitening_from_a_known_decomposition_is_the_direct_one() -> None:
     from workbench.whitening import scatter_eigen
 
-    x, y = clusters(40, classes=3, dim=12, noise=1.0)
-    for shrinkage in (0.5, 4.0):
-        direct = fit_whitening(x, y, shrinkage, center=False).matrix
-        known = fit_whitening(x, y, shrinkage, center=False, known=scatter_eigen(x, y)).matrix
-        np.testing.assert_allclose(known, direct, atol=1e-10)
+    # more images than dimensions (the scatter's own decomposition) and fewer (the Gram form,
+    # whose eigenvectors leave out the directions of eigenvalue 0)
+    for per_class, dim in ((40, 12), (3, 40)):
+        x, y = clusters(per_class, classes=3, dim=dim, noise=1.0)
+        vectors = scatter_eigen(x, y)[1][1]
+        assert vectors.shape[1] == (dim if len(x) >= dim else len(x) - 3)
+        for shrinkage in (0.5, 4.0):
+            direct = fit_whitening(x, y, shrinkage, center=False).matrix
+            known = fit_whitening(x, y, shrinkage, center=False, known=scatter_eigen(x, y))
+            np.testing.assert_allclose(known.matrix, direct, atol=1e-10)
+
+
+def test_decomposition_beside_the_folds_is_the_same_as_alone() -> None:
+    from threadpoolctl import threadpool_limits
+
+    from workbench.imprint_head import cross_validate_and_decompose
+    from workbench.whitening import scatter_eigen
+
+    x, y = clusters(30, classes=4, dim=40, noise=1.0)
+    candidates = [PLAIN, 1.0, 4.0]
+    held_out, known = cross_validate_and_decompose(x, y, 4, candidates, seed=3)
+    with threadpool_limits(limits=1, user_api="blas"):
+        alone = cross_validate(x, y, 4, candidates, seed=3)
+        scatter, (values, vectors) = scatter_eigen(x, y)
+    for c in candidates:
+        assert np.array_equal(held_out.cosines[c], alone.cosines[c])
+    assert known is not None
+    assert np.array_equal(known[0], scatter) and np.array_equal(known[1][0], values)
+    assert np.array_equal(known[1][1], vectors)
