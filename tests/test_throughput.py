@@ -13,9 +13,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.builders import make_dataset
-from workbench.bench import WHOLE_RUN_PAIRS
+from workbench.bench import WHOLE_RUN_PAIRS, classes_in_turn
 from workbench.cache import FileKey, OutputCache
 from workbench.cli import app
+from workbench.dataset import scan
 from workbench.embeddings import run_model
 from workbench.images import ImageError, Preprocessing, load_input
 from workbench.runtime import load_model
@@ -223,6 +224,16 @@ def test_unwritable_cache_dir_only_costs_time(
          "--cache-dir", str(blocker / "sub"), "--json"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+
+
+def test_a_bench_limit_takes_the_classes_in_turn(tmp_path: Path) -> None:
+    folder = make_dataset(tmp_path / "data", ("red", "green", "blue"), per_class=4)
+    for extra in ("green/green_002.png", "green/green_003.png", "blue/blue_003.png"):
+        (folder / extra).unlink()
+    order = classes_in_turn(scan(folder))  # blue 3, green 2, red 4
+    names = ["blue", "green", "red", "blue", "green", "red", "blue", "red", "red"]
+    assert [name for name, _ in order] == names
+    assert sorted(path for _, path in order) == sorted(folder.rglob("*.png"))
 
 
 def test_bench_pipeline_and_model_print_their_figures(

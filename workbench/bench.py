@@ -7,13 +7,14 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from workbench.cache import OutputCache
-from workbench.dataset import scan
+from workbench.dataset import Dataset, scan
 from workbench.embeddings import run_model
 from workbench.images import Preprocessing, load_input
 from workbench.options import BackpropOptions
@@ -118,8 +119,7 @@ def bench_pipeline(
     it is also timed as Coral's demos run it, with the runtime's default thread count.
     """
     reporter = reporter or Reporter()
-    dataset = scan(data_dir)
-    everything = [(name, p) for name in dataset.classes for p in dataset.images[name]]
+    everything = classes_in_turn(scan(data_dir))
     labelled = everything if limit is None else everything[: max(1, limit)]
     paths = [path for _, path in labelled]
     model = load_model(extractor, device=device)
@@ -172,6 +172,13 @@ def bench_pipeline(
         "peak_rss_mb": round(peak, 1),
         "peak_rss_scope": "workbench cold extraction" if reset else "whole process so far",
     }
+
+
+def classes_in_turn(dataset: Dataset) -> list[tuple[str, Path]]:
+    """Every (class, image), one image of each class in turn: the first N of them (`--limit`)
+    span as many classes as they can, so the whole imprint has classes to train."""
+    per_class = [[(name, path) for path in dataset.images[name]] for name in dataset.classes]
+    return [pair for turn in zip_longest(*per_class) for pair in turn if pair is not None]
 
 
 def _pair_figures(coral_s: float, cold_s: float, warm_s: float) -> dict[str, float]:

@@ -743,8 +743,10 @@ def bench_pipeline_command(
         return
     from workbench.display import key_value_table
 
-    flat = {k: v for k, v in result.items() if k != "ms_per_image"}
+    flat = {k: v for k, v in result.items() if k not in ("ms_per_image", "pairs")}
     flat.update({f"ms per image, {k}": v for k, v in result["ms_per_image"].items()})
+    for number, pair in enumerate(result["pairs"], 1):
+        flat.update({f"pair {number}, {k}": v for k, v in pair.items()})
     stdout().print(key_value_table("Embedding pipeline", flat))
 
 
