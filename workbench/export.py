@@ -13,11 +13,7 @@ from workbench import __version__
 from workbench.errors import WorkbenchError
 from workbench.outputs import check_outputs, output_files, remove_stale, write_files_atomically
 from workbench.tflite.graph import Graph
-from workbench.tflite.metadata import (
-    ModelMetadata,
-    graph_with_standard_metadata,
-    with_standard_metadata,
-)
+from workbench.tflite.metadata import ModelMetadata, graph_with_standard_metadata
 
 METADATA_NAME = "workbench"
 METADATA_FORMAT = 1
@@ -154,8 +150,7 @@ def pycoral_model_bytes(graph: Graph, trainer: str) -> bytes:
         f"compatible {trainer} engine.",
         version=__version__,
     )
-    data = graph.to_bytes()
     try:
-        return with_standard_metadata(data, described)
+        return graph_with_standard_metadata(graph, described)
     except WorkbenchError:  # not an image classifier (a test model): nothing standard to say
-        return data
+        return graph.to_bytes()

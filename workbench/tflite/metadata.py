@@ -71,11 +71,13 @@ def graph_with_standard_metadata(graph: Graph, info: ModelMetadata) -> bytes:
     """`with_standard_metadata` for a model being built: the bytes of `graph` with it.
 
     Sets the entry on `graph` itself and packs it once, instead of packing, reading back and
-    packing again (60 ms of every export of a MobileNet).
+    packing again (60 ms of every export of a MobileNet). A model that is not an image
+    classifier raises WorkbenchError with `graph` left as it was.
     """
+    buffer = _metadata_buffer(graph, info)  # first: it raises for a model it cannot describe
     if graph.metadata(STANDARD_METADATA_NAME) is not None:
         graph.remove_metadata(STANDARD_METADATA_NAME)
-    graph.set_metadata(STANDARD_METADATA_NAME, _metadata_buffer(graph, info))
+    graph.set_metadata(STANDARD_METADATA_NAME, buffer)
     flatbuffer = graph.to_bytes()  # packing also drops an archive appended after the model
     if info.labels is None:
         return flatbuffer
