@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
@@ -38,22 +37,22 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _click_modules() -> list[Any]:
-    """click itself, and the copy newer typer releases vendor as typer._click."""
-    modules: list[Any] = [click]
-    try:
-        import typer._click as vendored  # type: ignore[import-not-found, unused-ignore]
+def _click_exception() -> Any:
+    """The base class of the usage errors raised by the click that typer runs on.
 
-        modules.append(vendored)
-    except ImportError:
-        pass
-    return modules
+    Up to typer 0.28 that is click itself; from 0.29 typer vendors its own copy and no longer
+    installs click. `typer.BadParameter` is one of those errors in every release, so its base
+    class is found without importing click, which workbench does not depend on.
+    """
+    for base in typer.BadParameter.__mro__:
+        if base.__name__ == "ClickException":
+            return base
+    raise ImportError("typer.BadParameter does not derive from ClickException")  # pragma: no cover
 
 
-_CLICK_ERRORS = tuple(m.exceptions.ClickException for m in _click_modules())
-_CLICK_ABORTS = tuple(
-    abort for m in _click_modules() if (abort := getattr(m.exceptions, "Abort", None))
-)
+_CLICK_ERRORS = (_click_exception(),)
+# typer.Abort is the Abort that its click raises on Ctrl-C or EOF at a prompt, in every release.
+_CLICK_ABORTS = (typer.Abort,)
 
 
 class _Commands(TyperGroup):
