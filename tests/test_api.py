@@ -68,7 +68,7 @@ def test_imprint_returns_what_it_wrote(imprinted: wb.TrainingResult, colors: Pat
     assert isinstance(report, wb.Report)
     assert report.trainer == "imprint" and report.classes == ["blue", "green", "red"]
     assert report.settings["whiten"] is True and report.settings["test_ratio"] == 0.25
-    assert report.top1 == 1.0 and report.agreement_ok
+    assert report.top1 == 1.0 and report.export_ok
     assert report.data_dir == str(colors) and report.model == str(imprinted.model)
     assert wb.Report.load(imprinted.report_path).to_json() == report.to_json()
 

@@ -22,6 +22,7 @@ from workbench.cli import app
 from workbench.export import workbench_metadata
 from workbench.imprint import cosines, imprint
 from workbench.options import BackpropOptions
+from workbench.progress import Fallback
 from workbench.softmax_head import SoftmaxHead, imprinting_start
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import append_softmax_regression_tail
@@ -150,10 +151,15 @@ def test_feature_map_folds_into_raw_weights() -> None:
         )
 
 
-def test_diverging_training_says_so() -> None:
+def test_diverging_training_falls_back_to_imprinting_and_says_so() -> None:
     x, y = clustered_features(100, 12, 3, seed=7)
-    with pytest.raises(FloatingPointError, match="lower the learning rate"):
-        SoftmaxHead.fit(x, y, 3, BackpropOptions(epochs=50, learning_rate=1e6, batch_size=10))
+    with pytest.warns(Fallback, match="lower the learning rate"):
+        head = SoftmaxHead.fit(
+            x, y, 3, BackpropOptions(epochs=50, learning_rate=1e6, batch_size=10)
+        )
+    assert head.fallback and "imprinting solution" in head.fallback and not head.history
+    assert np.all(np.isfinite(head.weights))
+    assert np.mean(head.scores(x).argmax(axis=1) == y) > 0.9  # clustered: imprinting gets it
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "float32"])

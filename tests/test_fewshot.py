@@ -9,6 +9,7 @@ model on images it never saw. The flower runs need ../shared and skip without it
 from __future__ import annotations
 
 import json
+from math import comb
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.builders import CORAL_EXTRACTOR, FLOWERS, make_dataset, shared_file
-from workbench import training
+from workbench import imprint_head, training
 from workbench.cli import app
+from workbench.progress import Reporter
 
 runner = CliRunner()
 TRAINERS = [("imprint",), ("imprint", "--no-whiten"), ("backprop",)]
@@ -50,7 +52,7 @@ def test_few_shot_exports_agree_with_their_float_heads(
     code, report, _ = run(*trainer, close_classes, "-e", models["uint8"], "-o", out,
                           "--max-per-class", cap, "--json")  # fmt: skip
     assert code == 0
-    assert report["agreement"] >= 0.98 and report["agreement_ok"] is True
+    assert report["agreement"] >= 0.98 and report["export_ok"] is True
     assert report["top_k_accuracy"][0] > 2 / 6  # chance is 1/6
     correct = np.trace(np.asarray(report["confusion_matrix"]))
     assert correct == round(report["top_k_accuracy"][0] * report["num_images"])
@@ -76,17 +78,46 @@ def test_few_shot_flowers_hold_for_held_out_photos(
     assert report["top_k_accuracy"][0] >= report["float_top1_accuracy"] - 0.02
 
 
-def test_a_poor_export_warns_and_exits_1_but_writes_the_model(
-    tmp_path: Path, models: dict[str, Path], colors: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_damaged_export_warns_and_exits_1_but_writes_the_model(
+    tmp_path: Path, models: dict[str, Path], five_classes: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # No real run of these tiny classes disagrees; a floor above 100% makes every run "poor".
-    monkeypatch.setattr(training, "AGREEMENT_FLOOR", 1.01)
-    out = tmp_path / "poor.tflite"
-    code, report, stderr = run("imprint", colors, "-e", models["uint8"], "-o", out, "--json")
+    """A head whose 8-bit cosine window is shifted above the cosines it must resolve: held-out
+    images all clamp to its bottom, tie, and go to the first class."""
+    calibrate = imprint_head.calibrate
+
+    def shifted(*args: object, **kwargs: object) -> tuple[float, tuple[float, float]]:
+        scale, (lo, hi) = calibrate(*args, **kwargs)  # type: ignore[arg-type]
+        return scale, (hi + 0.05, hi + 0.05 + (hi - lo))
+
+    monkeypatch.setattr(imprint_head, "calibrate", shifted)
+    out = tmp_path / "damaged.tflite"
+    code, report, stderr = run("imprint", five_classes, "-e", models["uint8"], "-o", out,
+                               "--no-whiten", "--json")  # fmt: skip
     assert code == 1
-    assert report["agreement_ok"] is False
-    assert "float head's top class on only" in stderr
+    assert report["export_ok"] is False
+    lost, won = (report["export_vs_float"][k] for k in ("float_only_right", "export_only_right"))
+    assert lost >= 10 and won == 0 and report["export_vs_float"]["p_value"] < 0.01
+    assert f"wrong on {lost} held-out images its float head gets right" in stderr
     assert out.exists() and json.loads(out.with_suffix(".report.json").read_text()) == report
+
+
+@pytest.mark.parametrize(
+    ("lost", "won", "fires"),
+    [
+        (1, 0, False),  # one image of 24 (the 3 x 30 flower run): chance
+        (3, 1, False),
+        (0, 5, False),  # the export better: never
+        (6, 0, False),  # p = 1/64
+        (7, 0, True),  # p = 1/128
+        (30, 12, True),  # p = 0.004
+        (30, 15, False),  # p = 0.018
+    ],
+)
+def test_the_export_guard_fires_only_beyond_chance(lost: int, won: int, fires: bool) -> None:
+    figures = {"float_only_right": lost, "export_only_right": won}
+    assert training.check_export(figures, Reporter()) is not fires
+    expected = sum(comb(lost + won, k) for k in range(lost, lost + won + 1)) / 2 ** (lost + won)
+    assert figures["p_value"] == pytest.approx(expected if lost > won else 1.0)
 
 
 def test_curve_scores_every_trainer_at_every_cap_on_one_split(

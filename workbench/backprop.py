@@ -32,7 +32,8 @@ import numpy as np
 
 from workbench.crossval import has_own_class, stratified_folds
 from workbench.options import BackpropOptions
-from workbench.whitening import fit_whitening
+from workbench.progress import fall_back
+from workbench.whitening import DecompositionError, fit_whitening
 
 MOMENTUM = 0.9
 # Multiple of the mean within-class eigenvalue added before whitening the features.
@@ -83,7 +84,11 @@ class FeatureMap:
     def whiten(cls, x: np.ndarray, labels: np.ndarray, shrinkage: float) -> FeatureMap:
         """Shrunk within-class whitening, scaled to unit mean square per dimension."""
         x = np.asarray(x, np.float64)
-        whitening = fit_whitening(x, labels, shrinkage=shrinkage)
+        try:
+            whitening = fit_whitening(x, labels, shrinkage=shrinkage)
+        except DecompositionError as e:
+            fall_back(f"whitening for SGD skipped: {e}; the features are standardized instead")
+            return cls.standardize(x)
         matrix = whitening.matrix.T
         z = (x - whitening.mean) @ matrix
         rms = float(np.sqrt(np.mean(z**2)))

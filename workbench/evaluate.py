@@ -53,6 +53,9 @@ class Evaluation:
     confusion_labels: list[str]  # columns: the classes, plus OTHER if a prediction fell outside
     agreement: float | None = None
     mistakes: list[dict[str, object]] = field(default_factory=list)
+    # Images only one of the two gets right: {"float_only_right": n, "export_only_right": m}.
+    # What the export costs is their difference; agreement also counts ties that cost nothing.
+    export_vs_float: dict[str, Any] | None = None
 
     def fields(self) -> dict[str, Any]:
         """The report fields this evaluation fills (everything but the class list)."""
@@ -125,9 +128,14 @@ def score(
     matrix = confusion(truth, predicted, columns)[: len(ids)]
     confusion_labels = list(classes) + ([OTHER] if outside.any() else [])
 
-    agreement = None
+    agreement = export_vs_float = None
     if float_top1 is not None and len(top1):
         agreement = float(np.mean(np.asarray(float_top1) == top1))
+        float_right, export_right = np.asarray(float_top1) == truth, top1 == truth
+        export_vs_float = {
+            "float_only_right": int(np.sum(float_right & ~export_right)),
+            "export_only_right": int(np.sum(export_right & ~float_right)),
+        }
 
     mistakes = [] if files is None else list_mistakes(scores, truth, top1, labels, files)
     return Evaluation(
@@ -139,6 +147,7 @@ def score(
         confusion_labels=confusion_labels,
         agreement=agreement,
         mistakes=mistakes,
+        export_vs_float=export_vs_float,
     )
 
 

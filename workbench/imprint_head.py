@@ -46,10 +46,18 @@ from workbench.imprint_cv import (
     cross_validate,
 )
 from workbench.options import ImprintOptions
+from workbench.progress import fall_back
 from workbench.runtime import cpu_threads
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import ImprintingTail, Transform, append_imprinting_tail
-from workbench.whitening import Eigen, Whitening, fit_whitening, float_rows, scatter_eigen
+from workbench.whitening import (
+    DecompositionError,
+    Eigen,
+    Whitening,
+    fit_whitening,
+    float_rows,
+    scatter_eigen,
+)
 
 # Scale factor when no held-out image can be scored against its own class (one image per
 # class): about what 2-5 images per class calibrate to, so scores stay modest.
@@ -146,11 +154,18 @@ class ImprintingHead:
             candidates: list[float | None] = [PLAIN, *SHRINKAGES]
         else:
             candidates = [PLAIN] if whiten is False else [float(whiten)]
-        held_out, known = cross_validate_and_decompose(x, y, num_classes, candidates, seed)
-        choice = choose_whitening(held_out, candidates)
-        whitening = None
-        if choice.shrinkage is not PLAIN:
-            whitening = fit_whitening(x, y, choice.shrinkage, center=False, known=known)
+        try:
+            held_out, known = cross_validate_and_decompose(x, y, num_classes, candidates, seed)
+            choice = choose_whitening(held_out, candidates)
+            whitening = None
+            if choice.shrinkage is not PLAIN:
+                whitening = fit_whitening(x, y, choice.shrinkage, center=False, known=known)
+        except DecompositionError as e:
+            fall_back(f"whitening skipped: {e}; the head is plain imprinting")
+            held_out, _ = cross_validate_and_decompose(x, y, num_classes, [PLAIN], seed)
+            choice = choose_whitening(held_out, [PLAIN])
+            choice = replace(choice, reason=f"whitening failed ({e})")
+            whitening = None
         features = x if whitening is None else whitening.apply(x)
         floor = 0.0 if choice.shrinkage is PLAIN and x.min() >= 0 else -1.0
         scale, window = calibrate(
@@ -181,9 +196,17 @@ class ImprintingHead:
         """
         state, whitening = base.classes, None
         if base.whitening is not None:
-            whitening = base.whitening.pooled_with(x, y)
-            carried = l2_normalize(base.whitening.carry(state.sums, whitening))
-            state = replace(state, sums=carried * state.norms[:, None])
+            try:
+                whitening = base.whitening.pooled_with(x, y)
+                carried = l2_normalize(base.whitening.carry(state.sums, whitening))
+                state = replace(state, sums=carried * state.norms[:, None])
+            except (DecompositionError, np.linalg.LinAlgError) as e:
+                # The base's whitening as it is: its class vectors stay valid in its space.
+                fall_back(
+                    f"the base's whitening could not be pooled with the new images ({e}); "
+                    "it is kept as the base model had it"
+                )
+                whitening = base.whitening
         features = x if whitening is None else whitening.apply(x)
         classes = imprint(features, y, num_classes, base=state)
         loo, own = leave_one_out_cosines(classes, features, y)

@@ -61,10 +61,14 @@ class Report:
     agreement: float | None = None
     mistakes: list[dict[str, Any]] = field(default_factory=list)
     float_top1_accuracy: float | None = None
-    agreement_ok: bool | None = None
+    # False: the export is right on fewer held-out images than its float head, beyond chance
+    export_ok: bool | None = None
+    export_vs_float: dict[str, Any] | None = None  # see Evaluation.export_vs_float
     model: str | None = None
     labels: str | None = None
     head: dict[str, Any] = field(default_factory=dict)
+    # what could not be done as asked, and what was done instead (see progress.Fallback)
+    fallbacks: list[str] = field(default_factory=list)
     training_curve: list[dict[str, Any]] | None = None  # backprop runs
     extracted_images: int | None = None  # continued runs (--base)
     base_classes: list[str] | None = None  # continued runs (--base)

@@ -222,16 +222,25 @@ def _headline_section(report: dict[str, Any]) -> str:
         cards.append(_card("top-1, float head", _pct(report["float_top1_accuracy"])))
     alert = ""
     if report.get("agreement") is not None:
-        bad = report.get("agreement_ok") is False
         hint = "how often the exported model's top class is the float head's"
-        css = "warn" if bad else ""
-        cards.append(_card("agrees with float head", _pct(report["agreement"]), css, hint))
-        if bad:
-            alert = (
-                '<p class="alert" role="alert">Warning: the exported 8-bit model gives the float '
-                f"head's top class on only {_pct(report['agreement'])} of held-out images. Its "
-                "8-bit ranges do not fit these images; check this report before deploying.</p>"
-            )
+        cards.append(_card("agrees with float head", _pct(report["agreement"]), "", hint))
+    # `agreement_ok`: reports written before the guard tested losses rather than agreement
+    if report.get("export_ok", report.get("agreement_ok")) is False:
+        versus = report.get("export_vs_float") or {}
+        lost, won = versus.get("float_only_right"), versus.get("export_only_right")
+        detail = (
+            f"is wrong on {_count_text(lost)} held-out images its float head gets right, and "
+            f"right on only {_count_text(won)} it gets wrong"
+            if _is_number(lost) and _is_number(won)
+            else "loses held-out images to its float head"
+        )
+        alert = (
+            f'<p class="alert" role="alert">Warning: the exported 8-bit model {detail}: more '
+            "than chance explains. Its 8-bit ranges do not fit these images; check this "
+            "report before deploying.</p>"
+        )
+    for message in report.get("fallbacks") or []:
+        alert += f'<p class="alert fallback" role="alert">Fallback: {escape(str(message))}</p>'
     if _is_number(report.get("num_images")):
         cards.append(_card("held-out images", f"{report['num_images']:,}"))
     overlap = _scored_training_images(report)

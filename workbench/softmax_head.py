@@ -35,6 +35,7 @@ from workbench.calibration import LOGIT_HEADROOM, logit_window, sharpening
 from workbench.imprint import imprint, leave_one_out_cosines
 from workbench.imprint_cv import best_temperature
 from workbench.options import BackpropOptions
+from workbench.progress import fall_back
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import append_softmax_regression_tail
 
@@ -106,19 +107,29 @@ class SoftmaxHead:
         cross-validated alone, for the held-out logits that set the export range). With fewer
         than MIN_PER_CLASS images in some class the head is the imprinting solution.
         `on_fold` and `on_epoch` report progress (a finished fold; an epoch of the final fit).
-        Raises FloatingPointError when SGD diverges.
+        When SGD diverges (too large a learning rate, or non-finite arithmetic) the head is
+        the imprinting solution too, with a `Fallback` warning.
         """
         x = np.asarray(embeddings, np.float64)
         y = np.asarray(labels, np.int64)
         num_classes = int(y.max()) + 1 if num_classes is None else num_classes
         if np.bincount(y, minlength=num_classes).min() < MIN_PER_CLASS:
-            return cls._imprinting_fallback(x, y, num_classes)
+            return cls._imprinting_fallback(
+                x, y, num_classes, f"fewer than {MIN_PER_CLASS} images in a class: nothing to "
+                "validate, so the head is the imprinting solution (class directions) as "
+                "FULLY_CONNECTED weights",
+            )  # fmt: skip
         lams = REG_GRID if options.reg is None else (options.reg * len(y),)
-        choice, held_logits, _ = choose_reg(x, y, num_classes, options, seed, lams, on_fold)
-        features, start = conditioned(x, y, num_classes)
-        z = features.apply(x)
-        weights, bias, history = sgd(z, y, start, np.array([choice.reg]), options, seed, on_epoch)
-        _check_converged(history, num_classes)
+        try:
+            choice, held_logits, _ = choose_reg(x, y, num_classes, options, seed, lams, on_fold)
+            features, start = conditioned(x, y, num_classes)
+            z = features.apply(x)
+            regs = np.array([choice.reg])
+            weights, bias, history = sgd(z, y, start, regs, options, seed, on_epoch)
+            _check_converged(history, num_classes)
+        except FloatingPointError as e:
+            reason = f"{e}: the head is the imprinting solution instead"
+            return cls._imprinting_fallback(x, y, num_classes, reason)
         raw_w, raw_b = features.fold(weights[0], bias[0])
         return cls(
             raw_w, raw_b, history, reg=choice.reg,
@@ -127,7 +138,11 @@ class SoftmaxHead:
         ).sharpened()  # fmt: skip
 
     @classmethod
-    def _imprinting_fallback(cls, x: np.ndarray, y: np.ndarray, num_classes: int) -> SoftmaxHead:
+    def _imprinting_fallback(
+        cls, x: np.ndarray, y: np.ndarray, num_classes: int, reason: str
+    ) -> SoftmaxHead:
+        """The imprinting solution as this head, announced as a `Fallback` for `reason`."""
+        fall_back(reason)
         weights, bias, held = imprinting_start(x, y, num_classes)
         # The bottom comes from left-out logits (class vectors of one image fewer: a low
         # estimate of an unseen image's best logit). For the top, the in-sample logits,
@@ -137,8 +152,7 @@ class SoftmaxHead:
         hi = float(in_sample.max()) + LOGIT_HEADROOM * float(np.ptp(in_sample))
         return cls(
             weights, bias, logit_range=(lo, max(hi, lo + 1.0)), num_train=len(y),
-            fallback=f"fewer than {MIN_PER_CLASS} images in a class: nothing to validate, so "
-            "the head is the imprinting solution (class directions) as FULLY_CONNECTED weights",
+            fallback=reason,
         ).sharpened()  # fmt: skip
 
     def logits(self, embeddings: np.ndarray) -> np.ndarray:

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from workbench.backprop import CV_FOLDS, EpochStats
-from workbench.errors import WorkbenchError
 from workbench.imprint_head import ImprintingHead
 from workbench.options import BackpropOptions, ImprintOptions, RunOptions, settings
 from workbench.progress import Reporter
@@ -87,15 +86,10 @@ class Backprop:
             def on_epoch(stats: EpochStats) -> None:
                 advance(1, status=f"loss {stats.loss:.3f} train {stats.train_accuracy:.3f}")
 
-            try:
-                head = SoftmaxHead.fit(
-                    embedded.train_x, embedded.train_y, len(classes), self.options, self.seed,
-                    on_epoch=on_epoch, on_fold=on_fold,
-                )  # fmt: skip
-            except FloatingPointError as e:
-                raise WorkbenchError(str(e)) from None
-        if head.fallback:
-            reporter.warn(head.fallback)
+            head = SoftmaxHead.fit(
+                embedded.train_x, embedded.train_y, len(classes), self.options, self.seed,
+                on_epoch=on_epoch, on_fold=on_fold,
+            )  # fmt: skip
         curve = [stats.to_json() for stats in head.history]
         return Fitted(head, classes, identity(len(classes)), {}, {"training_curve": curve})
 

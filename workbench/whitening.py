@@ -26,6 +26,61 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from workbench.progress import fall_back
+
+# The regularized retry's ridge, as a share of the matrix's mean eigenvalue: far below the
+# shrinkage any whitening adds (half the mean eigenvalue or more), so the whitening it gives
+# is the same to about a millionth; but it makes a singular matrix (a Gram form, whose
+# rank is the images less the classes) positive definite, where LAPACK converges best.
+RETRY_RIDGE = 1e-6
+
+
+class DecompositionError(ArithmeticError):
+    """An eigendecomposition failed even regularized: no whitening can be made from it."""
+
+
+def symmetric_eigen(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`np.linalg.eigh` of a symmetric matrix, retried regularized if it fails.
+
+    LAPACK's eigensolver can fail to converge (`LinAlgError`) or return non-finite values
+    when the BLAS under it is broken: on aarch64 under some OpenBLAS builds it did, on
+    scatter matrices that decompose fine elsewhere. The retry decomposes the matrix plus a
+    small ridge (RETRY_RIDGE of its mean eigenvalue) and takes the ridge off the eigenvalues
+    again, with a `Fallback` warning; if that fails too, DecompositionError, and the
+    caller does without whitening.
+    """
+    matrix = np.asarray(matrix, np.float64)
+    if not np.all(np.isfinite(matrix)):
+        raise DecompositionError("the scatter matrix has non-finite values")
+    first = _eigh(matrix)
+    if not isinstance(first, str):
+        return first
+    level = max(float(np.trace(matrix)) / max(len(matrix), 1), np.finfo(np.float64).tiny)
+    ridge = RETRY_RIDGE * level
+    ridged = matrix.copy()
+    ridged[np.diag_indices(len(matrix))] += ridge
+    retry = _eigh(ridged)
+    if isinstance(retry, str):
+        raise DecompositionError(
+            f"the eigendecomposition failed ({first}), and regularized too ({retry})"
+        )
+    fall_back(
+        f"an eigendecomposition failed ({first}); used it regularized by {RETRY_RIDGE:g} "
+        "of the mean eigenvalue instead (the whitening is the same to about a millionth)"
+    )
+    return retry[0] - ridge, retry[1]
+
+
+def _eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray] | str:
+    """`np.linalg.eigh(matrix)`, or why it failed."""
+    try:
+        values, vectors = np.linalg.eigh(matrix)
+    except np.linalg.LinAlgError as e:
+        return str(e) or "LinAlgError"
+    if not (np.all(np.isfinite(values)) and np.all(np.isfinite(vectors))):
+        return "non-finite eigenvectors"
+    return values, vectors
+
 
 @dataclass(frozen=True)
 class Whitening:
@@ -175,7 +230,7 @@ def scatter_eigen(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarra
     if len(residuals) < residuals.shape[1]:
         basis = _basis_of(residuals)
         return scatter, (basis.eigenvalues, basis.vectors)
-    return scatter, np.linalg.eigh(scatter)
+    return scatter, symmetric_eigen(scatter)
 
 
 def whitening_from_scatter(
@@ -201,7 +256,7 @@ def whitening_from_scatter(
         else:
             ridged = scatter.copy()
             ridged[np.diag_indices(dim)] += ridge
-            eigenvalues, vectors = np.linalg.eigh(ridged)
+            eigenvalues, vectors = symmetric_eigen(ridged)
             del ridged
         eigenvalues = np.maximum(eigenvalues, ridge * 1e-6)
         # Scaled so a typical direction keeps unit gain: only the relative weighting matters
@@ -293,13 +348,13 @@ def _basis_of(residuals: np.ndarray) -> WithinClassBasis:
     level = float(np.einsum("nd,nd->", residuals, residuals, dtype=np.float64)) / max(n, 1) / dim
     if n < dim:
         gram = (residuals @ residuals.T).astype(np.float64) / max(n, 1)
-        values, u = np.linalg.eigh(gram)
+        values, u = symmetric_eigen(gram)
         keep = values > 1e-10 * max(float(values.max(initial=0.0)), 1e-300)
         values, u = values[keep], u[:, keep]
         vectors = (residuals.T @ u.astype(residuals.dtype)).astype(np.float64) / np.sqrt(
             values * max(n, 1)
         )
     else:
-        values, vectors = np.linalg.eigh((residuals.T @ residuals).astype(np.float64) / n)
+        values, vectors = symmetric_eigen((residuals.T @ residuals).astype(np.float64) / n)
         values = np.maximum(values, 0.0)
     return WithinClassBasis(vectors, values, level)
