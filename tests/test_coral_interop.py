@@ -263,6 +263,36 @@ def test_base_keep_classes_adds_classes_and_extracts_only_new_images(
     assert evaluated["top_k_accuracy"][0] == 1.0
 
 
+@pytest.mark.parametrize("whiten", ["--whiten", "--no-whiten"])
+def test_one_class_folder_continues_a_model_one_class_at_a_time(
+    tmp_path: Path, models: dict[str, Path], whiten: str
+) -> None:
+    """pycoral's on-device workflow: a class is added, then another, then more images of one."""
+    base = tmp_path / "base.tflite"
+    two = make_dataset(tmp_path / "two", classes=("red", "green"), per_class=8)
+    made = invoke("imprint", two, "-e", models["uint8"], whiten, "-o", base, "--json")
+    assert made.code == 0, made.describe()
+    model = base
+    for step, (name, seed) in enumerate([("blue", 1), ("hstripes", 2), ("red", 3)]):
+        folder = make_dataset(tmp_path / f"step{step}", classes=(name,), per_class=8, seed=seed)
+        out = tmp_path / f"step{step}.tflite"
+        result = invoke("imprint", folder, "--base", model, "--keep-classes", "-o", out, "--json")
+        assert result.code == 0, result.describe()
+        report = json.loads(result.stdout)
+        assert report["counts"]["test"] == {name: 2} and report["num_images"] == 2
+        assert report["top_k_accuracy"][0] == 1.0
+        model = out
+    assert report["classes"] == ["green", "red", "blue", "hstripes"]
+    assert model.with_suffix(".txt").read_text() == "0 green\n1 red\n2 blue\n3 hstripes\n"
+    everything = make_dataset(tmp_path / "all", classes=("red", "green", "blue", "hstripes"),
+                              per_class=6, seed=9)  # fmt: skip
+    evaluated = json.loads(invoke("evaluate", model, everything, "--all", "--json").stdout)
+    assert evaluated["top_k_accuracy"][0] == 1.0 and evaluated["num_images"] == 24
+    alone = make_dataset(tmp_path / "alone", classes=("blue",), per_class=8)
+    refused = invoke("imprint", alone, "--base", base, "-o", tmp_path / "x.tflite")
+    assert refused.code == 2 and "needs at least 2 class folders" in refused.stderr
+
+
 def test_base_without_keep_classes_has_only_the_new_classes(
     tmp_path: Path, base_model: tuple[Path, Path]
 ) -> None:

@@ -83,6 +83,12 @@ class ContinueImprinting:
     name: str = "imprint"
     base: Base | None = field(default=None, init=False)
 
+    @property
+    def min_classes(self) -> int:
+        """One class folder is enough when the base's classes stay: pycoral's workflow adds
+        a class (or images of one) at a time."""
+        return 1 if self.keep_classes else 2
+
     def source(self, run: RunOptions) -> Source:
         if run.extractor is not None:
             raise WorkbenchError("--base brings its own extractor; leave out --extractor")

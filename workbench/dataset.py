@@ -121,11 +121,12 @@ def _class_files(folder: Path, skipped: list[Path]) -> list[Path]:
     return files
 
 
-def scan(root: str | Path) -> Dataset:
+def scan(root: str | Path, min_classes: int = 2) -> Dataset:
     """Find the classes (sub-folders, sorted by name) and their image files.
 
     Hidden entries and files that are not images by extension are skipped and counted; files
-    directly in the root are skipped too. Fewer than 2 classes, or a class with fewer than 2
+    directly in the root are skipped too. Fewer than `min_classes` classes (2 to train a
+    classifier; 1 to add a class or images to a base model's), or a class with fewer than 2
     images, is an error that names the problem.
     """
     root = Path(root)
@@ -154,9 +155,10 @@ def scan(root: str | Path) -> Dataset:
                 f"class folder {name!r} in {root} {problem}, which a labels file cannot keep; "
                 "rename the folder"
             )
-    if len(images) < 2:
+    if len(images) < min_classes:
         found = ", ".join(images) or "none"
-        raise WorkbenchError(f"{root} needs at least 2 class folders with images (found: {found})")
+        needed = "a class folder" if min_classes == 1 else f"at least {min_classes} class folders"
+        raise WorkbenchError(f"{root} needs {needed} with images (found: {found})")
     too_small = [f"{name} ({len(files)})" for name, files in images.items() if len(files) < 2]
     if too_small:
         raise WorkbenchError(
@@ -190,10 +192,10 @@ def split(dataset: Dataset, options: DataOptions = DataOptions()) -> Split:
 
 
 def prepare_split(
-    data_dir: str | Path, options: DataOptions, reporter: Reporter
+    data_dir: str | Path, options: DataOptions, reporter: Reporter, min_classes: int = 2
 ) -> tuple[Dataset, Split]:
     """Scan the folder (saying what was skipped) and split it."""
-    dataset = scan(data_dir)
+    dataset = scan(data_dir, min_classes)
     if dataset.skipped:
         shown = ", ".join(p.name for p in dataset.skipped[:3])
         more = f" and {len(dataset.skipped) - 3} more" if len(dataset.skipped) > 3 else ""

@@ -41,6 +41,7 @@ class Imprint:
     options: ImprintOptions
     seed: int = 0
     name: str = "imprint"
+    min_classes: int = 2
 
     def source(self, run: RunOptions) -> Source:
         return bundled_source(run)
@@ -69,6 +70,7 @@ class Backprop:
     options: BackpropOptions
     seed: int = 0
     name: str = "backprop"
+    min_classes: int = 2
 
     def source(self, run: RunOptions) -> Source:
         return bundled_source(run)

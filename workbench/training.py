@@ -92,9 +92,13 @@ class Fitted:
 
 
 class Trainer(Protocol):
-    """A way of making a head: imprinting, continued imprinting, backprop."""
+    """A way of making a head: imprinting, continued imprinting, backprop.
+
+    `min_classes`: class folders the data folder needs (1 when a base model brings others).
+    """
 
     name: str
+    min_classes: int
 
     def source(self, run: RunOptions) -> Source: ...
     def fit(self, prepared: Prepared, reporter: Reporter) -> Fitted: ...
@@ -134,11 +138,12 @@ def prepare(
     run: RunOptions,
     output: Path | None,
     reporter: Reporter,
+    min_classes: int = 2,
 ) -> Prepared:
     """Split the folder, check the outputs before any work, embed every image once."""
     started = time.perf_counter()
     check_cache_folder(run.cache, [data_dir])
-    dataset, data_split = prepare_split(data_dir, data, reporter)
+    dataset, data_split = prepare_split(data_dir, data, reporter, min_classes)
     if output is not None:
         targets = output_files(output)
         inputs = [source.path, *source.inputs]
@@ -172,7 +177,8 @@ def train(
     reporter = reporter or Reporter()
     keep_large_blocks_returnable()
     output = run.output or default_output(data_dir, trainer.name)
-    prepared = prepare(data_dir, trainer.source(run), data, run, output, reporter)
+    source = trainer.source(run)
+    prepared = prepare(data_dir, source, data, run, output, reporter, trainer.min_classes)
     start = time.perf_counter()
     # One BLAS thread: the fits' matrix work is small enough that threads gain little, and
     # OpenBLAS threads that spin on a busy machine made a 0.4 s decomposition take 5 s.
