@@ -162,6 +162,37 @@ def test_unreadable_images_are_skipped_with_a_warning(
     assert [Path(u["file"]).name for u in report["unreadable"]] == ["broken.jpg"]
 
 
+@pytest.mark.parametrize("cap", [200, 6])
+def test_counts_in_the_report_are_the_images_used(
+    tmp_path: Path, models: dict[str, Path], colors: Path, cap: int
+) -> None:
+    """Three 0-byte JPEGs in each class: dropped before the split, so the held-out count is
+    what was scored and no unreadable image counts as trained (with a cap, others refill)."""
+    data = tmp_path / "data"
+    shutil.copytree(colors, data)
+    for name in ("red", "green", "blue"):
+        for i in range(3):
+            (data / name / f"empty{i}.jpg").write_bytes(b"")
+    out = tmp_path / "m.tflite"
+    result = run_cli("imprint", data, "-e", models["uint8"], "-o", out, "--no-cache",
+                     "--max-per-class", cap)  # fmt: skip
+    assert result.code == 0, result.describe()
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    counts = report["counts"]
+    assert counts["unreadable"] == len(report["unreadable"])
+    # 12 readable images a class: 3 held out (0.25 of 12), 9 trained or left out by the cap
+    assert counts["test"] == {"red": 3, "green": 3, "blue": 3}
+    assert counts["train"] == {c: min(9, cap) for c in ("red", "green", "blue")}
+    if cap >= 9:
+        assert counts["unreadable"] == 9 and sum(counts["unused"].values()) == 0
+    else:  # what the cap leaves out is never decoded: unreadable or not, it is unused
+        assert counts["unreadable"] + sum(counts["unused"].values()) == 3 * (15 - 3 - cap)
+    assert report["num_images"] == 9 == sum(map(sum, report["confusion_matrix"]))
+    listed = [Path(f).name for part in report["split"].values() for fs in part.values() for f in fs]
+    assert not [name for name in listed if name.startswith("empty")]
+    assert f"trained on {3 * min(9, cap)}, held out 9" in " ".join(result.stdout.split())
+
+
 def bad_model_files(tmp_path: Path) -> dict[str, Path]:
     files = {
         "text": tmp_path / "notes.tflite",

@@ -18,6 +18,7 @@ from tests.builders import (
     CORAL,
     CORAL_EXTRACTOR,
     FLOWERS,
+    assert_error,
     fake_edgetpu_model,
     invoke,
     make_dataset,
@@ -291,6 +292,25 @@ def test_one_class_folder_continues_a_model_one_class_at_a_time(
     alone = make_dataset(tmp_path / "alone", classes=("blue",), per_class=8)
     refused = invoke("imprint", alone, "--base", base, "-o", tmp_path / "x.tflite")
     assert refused.code == 2 and "needs at least 2 class folders" in refused.stderr
+
+
+def test_duplicate_labels_are_refused_in_a_base_and_anywhere_else(
+    tmp_path: Path, base_model: tuple[Path, Path]
+) -> None:
+    path, _ = base_model
+    edited = tmp_path / "edited.tflite"
+    shutil.copy(path, edited)
+    edited.with_suffix(".txt").write_text("0 green\n1 green\n")  # by hand: red renamed green
+    data = make_dataset(tmp_path / "more", classes=("green",), per_class=6)
+    out = tmp_path / "o.tflite"
+    result = invoke("imprint", data, "--base", edited, "--keep-classes", "-o", out)
+    assert_error(result, "'green' is given to ids 0 and 1")
+    assert not out.exists()
+    photo = next((data / "green").iterdir())
+    assert_error(invoke("classify", edited, photo), "'green' is given to ids 0 and 1")
+    labels = tmp_path / "plain.txt"
+    labels.write_text("green\nred\ngreen\n")
+    assert_error(invoke("classify", path, photo, "--labels", labels), "ids 0 and 2")
 
 
 def test_base_without_keep_classes_has_only_the_new_classes(

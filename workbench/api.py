@@ -30,7 +30,7 @@ import numpy as np
 # API's `classify` would replace that attribute with the module `workbench.classify`.
 from workbench.classify import classify_images
 from workbench.continuing import ContinueImprinting
-from workbench.dataset import Split, prepare_split
+from workbench.dataset import Split, prepare_split, split
 from workbench.evaluate import evaluate_folder
 from workbench.extraction import extract_split
 from workbench.options import (
@@ -192,9 +192,13 @@ def embed(data_dir: str | Path, *, reporter: Reporter | None = None, **settings:
     reporter = reporter or Reporter()
     data, run = split_settings(settings, DataOptions, RunOptions)
     source = bundled_source(run)
-    _, data_split = prepare_split(data_dir, data, reporter)
+    dataset, data_split = prepare_split(data_dir, data, reporter)
     model = load_model(source.path, device=run.device)
-    embedded = extract_split(model, data_split, reporter, run.cache)
+    embedded = extract_split(
+        model, data_split, reporter, run.cache,
+        resplit=lambda unreadable: split(dataset, data, exclude=unreadable),
+    )  # fmt: skip
+    data_split = embedded.split or data_split
     return Embeddings(
         embedded.train_x, embedded.train_y, embedded.test_x, embedded.test_y,
         list(data_split.classes), data_split, source.path,

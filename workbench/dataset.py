@@ -13,6 +13,7 @@ import json
 import os
 import random
 import threading
+from collections.abc import Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,11 +173,15 @@ def held_out_count(n: int, test_ratio: float) -> int:
     return max(1, int(test_ratio * n + 0.5))
 
 
-def split(dataset: Dataset, options: DataOptions = DataOptions()) -> Split:
+def split(
+    dataset: Dataset, options: DataOptions = DataOptions(), exclude: Set[Path] = frozenset()
+) -> Split:
     """Shuffle each class deterministically, hold out its test part, cap its training part.
 
     What the cap leaves out of training is kept in `unused` (it is neither trained on nor
-    held out), so the report can say how many images a larger cap would add.
+    held out), so the report can say how many images a larger cap would add. Files in
+    `exclude` (found unreadable) are taken out after the shuffle, before the split: the other
+    files keep their order, and the held-out share is of the images that can be used.
     """
     train: dict[str, list[Path]] = {}
     test: dict[str, list[Path]] = {}
@@ -184,7 +189,8 @@ def split(dataset: Dataset, options: DataOptions = DataOptions()) -> Split:
     for name in dataset.classes:
         files = list(dataset.images[name])
         random.Random(f"{options.seed}/{name}").shuffle(files)
-        n_test = min(held_out_count(len(files), options.test_ratio), len(files) - 1)
+        files = [f for f in files if f not in exclude]
+        n_test = max(0, min(held_out_count(len(files), options.test_ratio), len(files) - 1))
         test[name] = files[:n_test]
         train[name] = files[n_test:][: options.max_per_class]
         unused[name] = files[n_test:][options.max_per_class :]

@@ -49,8 +49,25 @@ def labels_text(names: list[str]) -> str:
 
 
 def read_labels(path: str | Path) -> list[str]:
-    """Read `<id> <label>` lines (Coral) or plain lines (the line number is the id)."""
-    path = Path(path)
+    """Read `<id> <label>` lines (Coral) or plain lines (the line number is the id).
+
+    A name given to two ids is refused: classes are matched by name (folders to labels,
+    continued models' classes), so a duplicate would merge two classes or score one twice.
+    """
+    labels = _label_lines(Path(path))
+    first_id: dict[str, int] = {}
+    for i, name in enumerate(labels):
+        if name in first_id:
+            raise WorkbenchError(
+                f"{path}: the label {name!r} is given to ids {first_id[name]} and {i}; "
+                "each class needs a name of its own"
+            )
+        first_id[name] = i
+    return labels
+
+
+def _label_lines(path: Path) -> list[str]:
+    """The labels in file order, by id (a gap in the ids gets the name `class_<id>`)."""
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except FileNotFoundError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +34,11 @@ CLASSIFIER_WIDTHS = (1000, 1001)
 
 @dataclass
 class Embedded:
-    """Embeddings of a split's images, with the rows that decoded mapped back to files."""
+    """Embeddings of a split's images, with the rows that decoded mapped back to files.
+
+    `split` is the split the rows belong to: with unreadable images dropped before the split
+    (`extract_split(resplit=...)`), not the one first asked for.
+    """
 
     train_x: np.ndarray
     train_y: np.ndarray
@@ -43,6 +48,7 @@ class Embedded:
     unreadable: list[tuple[Path, str]]
     seconds: float
     cache: dict[str, Any] | None = None  # hits, misses and file of the embedding cache
+    split: Split | None = None
 
 
 def cache_root(choice: Literal[True] | str | Path) -> Path:
@@ -81,33 +87,79 @@ def run_cached(
 
 
 def extract_split(
-    extractor: LoadedModel, data_split: Split, reporter: Reporter, cache: CacheChoice
+    extractor: LoadedModel,
+    data_split: Split,
+    reporter: Reporter,
+    cache: CacheChoice,
+    resplit: Callable[[set[Path]], Split] | None = None,
 ) -> Embedded:
-    """Embed the training and held-out images in one pass; unreadable ones are skipped."""
-    train_files, train_labels = data_split.files("train")
-    test_files, test_labels = data_split.files("test")
-    files = train_files + test_files
-    labels = np.asarray(train_labels + test_labels, np.int64)
+    """Embed the training and held-out images in one pass; unreadable ones are skipped.
+
+    With `resplit`, unreadable images are dropped before the split instead of after it:
+    `resplit(unreadable files)` gives the split of the others, whose images not embedded
+    yet (the cap lets others in) are embedded in turn, until every image of the split
+    decoded. Then every count of the split is of images actually used; without it, a split
+    counts an unreadable image where it was put.
+    """
     start = time.perf_counter()
+    files = _files_of(data_split)
     out, cache_info = run_cached(extractor, files, cache, reporter, "extracting embeddings")
+    vectors = out.vectors
+    row_of = {files[i]: row for row, i in enumerate(out.kept)}
+    unreadable = list(out.failures)
+    while resplit is not None and any(f not in row_of for f in files):
+        data_split = resplit({path for path, _ in unreadable})
+        files = _files_of(data_split)
+        new = [f for f in files if f not in row_of]
+        if not new:
+            break
+        more, more_info = run_cached(extractor, new, cache, reporter, "extracting refills")
+        row_of.update({new[i]: len(vectors) + row for row, i in enumerate(more.kept)})
+        vectors = np.concatenate([vectors, more.vectors])
+        unreadable += more.failures
+        cache_info = _added(cache_info, more_info)
     seconds = time.perf_counter() - start
-    kept = np.asarray(out.kept, np.int64)
-    is_train = kept < len(train_files)
+
+    train_files, train_labels = data_split.files("train")
+    test_labels = data_split.files("test")[1]
+    labels = np.asarray(train_labels + test_labels, np.int64)
+    kept = [i for i, f in enumerate(files) if f in row_of]  # in order: training files first
+    is_train = np.asarray(kept, np.int64) < len(train_files)
     for class_id, name in enumerate(data_split.classes):
-        if not np.any(labels[kept[is_train]] == class_id):
+        if not np.any(labels[np.asarray(kept, np.int64)[is_train]] == class_id):
             raise WorkbenchError(f"class {name!r} has no readable training images")
-    # `kept` is sorted and training files come first: both parts are views, not copies.
+    rows = np.asarray([row_of[files[i]] for i in kept], np.int64)
+    if not np.array_equal(rows, np.arange(len(rows))):  # refilled: one copy in split order
+        vectors = vectors[rows]
+    # Otherwise the rows are in split order already, and both parts are views, not copies.
     train_rows = int(is_train.sum())
     return Embedded(
-        train_x=out.vectors[:train_rows],
+        train_x=vectors[:train_rows],
         train_y=labels[kept[:train_rows]],
-        test_x=out.vectors[train_rows:],
+        test_x=vectors[train_rows:],
         test_y=labels[kept[train_rows:]],
         test_files=[files[i] for i in kept[train_rows:]],
-        unreadable=out.failures,
+        unreadable=unreadable,
         seconds=seconds,
         cache=cache_info,
+        split=data_split,
     )
+
+
+def _files_of(data_split: Split) -> list[Path]:
+    """The split's training files, then its held-out files (the order of the rows)."""
+    return data_split.files("train")[0] + data_split.files("test")[0]
+
+
+def _added(first: dict[str, Any] | None, second: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Cache figures of two passes as one."""
+    if first is None or second is None:
+        return first or second
+    return {
+        **first,
+        "hits": first["hits"] + second["hits"],
+        "misses": first["misses"] + second["misses"],
+    }
 
 
 def classifier_problem(graph: Graph) -> str | None:

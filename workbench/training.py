@@ -20,7 +20,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from workbench import __version__
-from workbench.dataset import Dataset, Split, fingerprints, prepare_split
+from workbench.dataset import Dataset, Split, fingerprints, prepare_split, split
 from workbench.evaluate import Embeddings, evaluate_export
 from workbench.export import labels_text, model_bytes
 from workbench.extraction import Embedded, check_extractor, extract_split, extractor_info
@@ -159,7 +159,12 @@ def prepare(
     if source.graph is None:
         check_extractor(graph, source.path, run.force)
     tensor, _ = embedding_output(graph)
-    embedded = extract_split(model, data_split, reporter, run.cache)
+    embedded = extract_split(
+        model, data_split, reporter, run.cache,
+        resplit=lambda unreadable: split(dataset, data, exclude=unreadable),
+    )  # fmt: skip
+    if embedded.split is not None:  # unreadable images dropped before the split
+        data_split = embedded.split
     model.release_replicas()  # their memory, and what decoding freed, is better spent on fitting
     trim()
     info = extractor_info(model, Preprocessing.for_input(model.input))
