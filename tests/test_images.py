@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from workbench import images
 from workbench.images import ImageError, Preprocessing, decode, load_input, to_input
 
 PREP = Preprocessing(width=16, height=8, dtype="uint8", draft=False)
@@ -68,3 +69,22 @@ def test_jpeg_draft_decodes_close_to_full_decode(tmp_path: Path) -> None:
     full = load_input(path, Preprocessing(64, 64, "uint8", draft=False)).astype(int)
     assert fast.shape == full.shape == (1, 64, 64, 3)
     assert np.abs(fast - full).mean() < 6
+
+
+def test_only_a_jpeg_above_the_pixel_limit_is_decoded_scaled_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(2)
+    smooth = np.kron(rng.integers(0, 255, (4, 4, 3)), np.ones((50, 50, 1))).astype(np.uint8)
+    Image.fromarray(smooth).save(tmp_path / "big.jpg", quality=95)
+    Image.fromarray(smooth).save(tmp_path / "big.png")
+    prep = Preprocessing(64, 64, "uint8")
+    full = load_input(tmp_path / "big.jpg", prep).astype(int)
+    monkeypatch.setattr(images, "MAX_PIXELS", 12_000)  # 200x200 is 40,000: half size fits
+    scaled = load_input(tmp_path / "big.jpg", prep).astype(int)
+    assert scaled.shape == full.shape and 0 < np.abs(scaled - full).mean() < 6
+    with pytest.raises(ImageError, match="too large"):
+        load_input(tmp_path / "big.png", prep)
+    monkeypatch.setattr(images, "MAX_PIXELS", 600)  # an eighth of each side is 625 pixels
+    with pytest.raises(ImageError, match="too large"):
+        load_input(tmp_path / "big.jpg", prep)

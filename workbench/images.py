@@ -32,8 +32,9 @@ _RESAMPLE = {
 # (an EPS named .png would run Ghostscript).
 Image.init()  # register every plugin, so the list below holds what this Pillow can open
 FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "BMP", "GIF", "WEBP", "TIFF") if f in Image.OPEN)
-# Decoding needs width x height x 3 bytes at least; above this many pixels a non-JPEG image
-# (JPEGs are decoded at reduced size) is refused rather than risk the device's memory.
+# Decoding needs width x height x 3 bytes at least; above this many pixels an image is refused
+# rather than risk the device's memory, except a JPEG, which its decoder can scale down while
+# decoding (by 1/2, 1/4 or 1/8) until it fits.
 MAX_PIXELS = 64_000_000
 
 
@@ -58,7 +59,11 @@ class Preprocessing:
     resample: str = "bilinear"
     mean: float = 127.5
     std: float = 127.5
-    draft: bool = True  # let the JPEG decoder scale down (by 1/2, 1/4, 1/8) while decoding
+    # Let the JPEG decoder scale down (by 1/2, 1/4, 1/8) while decoding. Off: deployed models
+    # get fully decoded images (pycoral's examples, MediaPipe, camera frames), and a scaled
+    # decode moved held-out top-1 by up to 0.018 on 500-pixel photos. It was 1.6x faster to
+    # decode there, 4x on 1600x1200 and 10x on 12-megapixel photos.
+    draft: bool = False
 
     @classmethod
     def for_input(cls, spec: TensorSpec, resample: str = "bilinear") -> Preprocessing:
@@ -111,13 +116,17 @@ def decode(path: str | Path, prep: Preprocessing) -> np.ndarray:
     try:
         with Image.open(path, formats=FORMATS) as image:
             width, height = image.size
-            if width * height > MAX_PIXELS and image.format not in ("JPEG", "MPO"):
-                raise ImageError(f"{width}x{height} pixels is too large to decode")
-            if prep.draft and image.format == "JPEG":
-                # The decoder picks the largest DCT scale-down that stays at or above the
-                # requested size; the side is the max so rotation by EXIF does not matter.
+            jpeg = image.format in ("JPEG", "MPO")
+            # The decoder picks the largest DCT scale-down (1, 2, 4 or 8) that keeps the image
+            # at or above the requested size.
+            if jpeg and prep.draft:  # the side is the max so rotation by EXIF does not matter
                 side = max(prep.width, prep.height)
                 image.draft("RGB", (side, side))
+            elif jpeg and width * height > MAX_PIXELS:  # only as far down as memory needs
+                scale = 2 ** int(np.ceil(np.log2(np.sqrt(width * height / MAX_PIXELS))))
+                image.draft("RGB", (width // scale, height // scale))
+            if image.size[0] * image.size[1] > MAX_PIXELS:
+                raise ImageError(f"{width}x{height} pixels is too large to decode")
             image = ImageOps.exif_transpose(image)
             image = to_rgb(image)
             if image.size != (prep.width, prep.height):
