@@ -12,10 +12,13 @@ from typer.testing import CliRunner
 
 from tests.builders import EMBEDDING_QUANT, clustered_features, embedding_graph, run_head
 from workbench.backprop import (
+    EDGE_STEPS,
     REG_GRID,
     FeatureMap,
     SoftmaxRegression,
     choose_reg,
+    cross_entropy_rows,
+    one_standard_error,
     sgd,
 )
 from workbench.cli import app
@@ -62,10 +65,10 @@ def test_gradient_matches_finite_differences() -> None:
 
 def test_learns_separable_classes_perfectly() -> None:
     x, y = clustered_features(600, 32, 8, seed=3)
-    head = SoftmaxHead.fit(x[:400], y[:400], 8, BackpropOptions(epochs=30), seed=0)
+    head = SoftmaxHead.fit(x[:400], y[:400], 8, BackpropOptions(epochs=30, reg=1e-3), seed=0)
     assert np.mean(head.logits(x[400:]).argmax(1) == y[400:]) == 1.0
     losses = [s.loss for s in head.history]
-    assert len(losses) == 30 and losses[-1] < losses[0]
+    assert len(losses) == 30 and losses[-1] <= losses[0] + 1e-9
 
 
 def test_training_several_penalties_at_once_equals_training_each_alone() -> None:
@@ -98,13 +101,44 @@ def test_penalty_is_the_one_with_the_lowest_held_out_loss() -> None:
         return x, y
 
     settings = BackpropOptions(epochs=30)
-    few, held, rows = choose_reg(*data(30), 3, settings, seed=0)
-    many, _, _ = choose_reg(*data(1500), 3, settings, seed=0)
-    assert len(few.losses) == len(REG_GRID) and few.held_out_rows == 30
-    assert held.shape == (30, 3) and sorted(rows.tolist()) == list(range(30))
-    for choice, n in ((few, 30), (many, 1500)):
-        assert choice.losses[f"{choice.reg:.3g}"] == min(choice.losses.values())
-        assert any(np.isclose(choice.reg * n, lam) for lam in REG_GRID)  # reg = lam / N
+    few = choose_reg(*data(30), 3, settings, seed=0)
+    many = choose_reg(*data(1500), 3, settings, seed=0)
+    assert len(few.choice.losses) >= len(REG_GRID) and few.choice.held_out_rows == 30
+    assert few.logits.shape == (30, 3) and sorted(few.rows.tolist()) == list(range(30))
+    for search in (few, many):
+        losses = search.choice.losses
+        lowest = min(losses, key=losses.__getitem__)
+        # the strongest penalty within a standard error of the lowest loss: never weaker
+        assert search.choice.reg >= float(lowest) * (1 - 1e-3)
+        assert losses[f"{search.choice.reg:.3g}"] <= min(losses.values()) + 0.1
+        grid = sorted(float(k) for k in losses)  # reg = lam / N, in the grid's steps
+        # the winner is inside the grid: an edge that wins was extended (up to 3 times)
+        if len(losses) < len(REG_GRID) + 3 * EDGE_STEPS:
+            assert grid[0] < search.choice.reg < grid[-1]
+
+
+def test_a_weaker_penalty_must_beat_a_stronger_one_by_a_standard_error() -> None:
+    labels = np.array([0, 1] * 50)
+    margins = np.random.default_rng(1).uniform(-1.0, 4.0, size=(100, 1))  # mostly right
+    right = np.where(np.eye(2)[labels] > 0, margins, 0.0)
+    noisy = right + np.random.default_rng(0).normal(scale=3.0, size=right.shape)
+    held = np.stack([right * 0.5, noisy, right])  # strong to weak
+    losses = [float(np.mean(cross_entropy_rows(h, labels))) for h in held]
+    assert int(np.argmin(losses)) == 2
+    assert one_standard_error(held, labels, losses) == 2  # clearly below the rest
+    held = np.stack([right * 0.98, right])  # nearly the same: the stronger one is kept
+    losses = [float(np.mean(cross_entropy_rows(h, labels))) for h in held]
+    assert losses[1] < losses[0] and one_standard_error(held, labels, losses) == 0
+
+
+def test_a_penalty_that_wins_at_the_grids_edge_extends_the_grid() -> None:
+    """Separable clusters, 200 images a class in 8 dimensions: the weakest penalty wins, so
+    weaker ones are tried, EDGE_STEPS at a time, as long as the edge keeps winning."""
+    x, y = clustered_features(600, 8, 3, seed=2)
+    search = choose_reg(x, y, 3, BackpropOptions(epochs=10), seed=0)
+    tried = sorted(float(k) * len(y) for k in search.choice.losses)
+    assert len(tried) == len(REG_GRID) + 3 * EDGE_STEPS
+    assert tried[0] < min(REG_GRID) / 1000 and tried[-1] == pytest.approx(max(REG_GRID))
 
 
 def test_too_few_images_per_class_fall_back_to_imprinting() -> None:
@@ -133,9 +167,10 @@ def test_non_separable_classes_reach_the_bayes_rate() -> None:
 
 def test_same_seed_same_model_other_seed_other_model() -> None:
     x, y = clustered_features(300, 16, 4, seed=5)
-    a = SoftmaxHead.fit(x, y, 4, BackpropOptions(epochs=5), seed=7)
-    b = SoftmaxHead.fit(x, y, 4, BackpropOptions(epochs=5), seed=7)
-    c = SoftmaxHead.fit(x, y, 4, BackpropOptions(epochs=5), seed=8)
+    given = BackpropOptions(epochs=5, reg=1e-3)  # SGD runs (on its own choice it may not)
+    a = SoftmaxHead.fit(x, y, 4, given, seed=7)
+    b = SoftmaxHead.fit(x, y, 4, given, seed=7)
+    c = SoftmaxHead.fit(x, y, 4, given, seed=8)
     assert np.array_equal(a.weights, b.weights) and np.array_equal(a.bias, b.bias)
     assert [s.loss for s in a.history] == [s.loss for s in b.history]
     assert not np.array_equal(a.weights, c.weights)  # other shuffles (same start: imprinting)
@@ -155,7 +190,7 @@ def test_diverging_training_falls_back_to_imprinting_and_says_so() -> None:
     x, y = clustered_features(100, 12, 3, seed=7)
     with pytest.warns(Fallback, match="lower the learning rate"):
         head = SoftmaxHead.fit(
-            x, y, 3, BackpropOptions(epochs=50, learning_rate=1e6, batch_size=10)
+            x, y, 3, BackpropOptions(epochs=50, learning_rate=1e6, batch_size=10, reg=1e-3)
         )
     assert head.fallback and "imprinting solution" in head.fallback and not head.history
     assert np.all(np.isfinite(head.weights))
@@ -201,7 +236,7 @@ def backprop_run(
     result = runner.invoke(
         app,
         ["backprop", str(five_classes), "-e", str(models["uint8"]), "-o", str(out), "--json",
-         "--epochs", "30"],
+         "--epochs", "30", "--reg", "0.001"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return out, json.loads(result.stdout)
@@ -217,12 +252,28 @@ def test_backprop_cli_writes_model_labels_and_report(backprop_run: tuple[Path, d
     curve = report["training_curve"]
     assert [e["epoch"] for e in curve] == list(range(1, 31))
     assert {"loss", "train_accuracy", "learning_rate"} <= set(curve[0])
-    assert report["head"]["reg"] > 0 and report["head"]["reg_choice"]["folds"] == 3
+    assert report["head"]["reg"] == 0.001 and report["head"]["method"] == "sgd"
     assert report["settings"]["epochs"] == 30 and report["settings"]["batch_size"] == 100
     graph = Graph.load(out)
     assert graph.op_names()[-2:] == ["FULLY_CONNECTED", "SOFTMAX"]
     assert graph.dtype(graph.outputs[0]) == np.uint8
     assert workbench_metadata(graph)["trainer"] == "backprop"
+
+
+def test_backprop_keeps_the_imprinting_head_unless_sgd_clearly_beats_it(
+    tmp_path: Path, models: dict[str, Path], five_classes: Path
+) -> None:
+    """Well-separated colours: the imprinting head SGD would start from is already as good
+    as anything the penalty search finds, so it is kept, and the report says so."""
+    out = tmp_path / "m.tflite"
+    result = runner.invoke(app, ["backprop", str(five_classes), "-e", str(models["uint8"]),
+                                 "-o", str(out), "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    head = json.loads(result.stdout)["head"]
+    assert head["method"] == "imprinting" and head["reg"] is None and head["epochs_run"] == 0
+    losses = head["reg_choice"]["held_out_loss"]
+    assert next(iter(losses)) == "prior" and len(losses) > len(REG_GRID)
+    assert head["reg_choice"]["folds"] == 3
 
 
 @pytest.mark.parametrize("kind", ["int8", "float32_2d"])

@@ -111,7 +111,9 @@ def backprop(
         >>> result = backprop("flowers/", epochs=50, output="flowers_backprop.tflite")
         >>> result.report.trainer, result.report.settings["epochs"], result.report.top1
         ('backprop', 50, 1.0)
-        >>> result.report.head["reg"] > 0  # the L2 penalty cross-validation chose
+        >>> result.report.head["method"]  # SGD only where it beats imprinting on held-out folds
+        'imprinting'
+        >>> "prior" in result.report.head["reg_choice"]["held_out_loss"]
         True
     """
     data, run, options = split_settings(settings, DataOptions, RunOptions, BackpropOptions)

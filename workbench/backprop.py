@@ -13,6 +13,9 @@ L2 penalty reg/2 |W|^2. Compared with libcoral's SoftmaxRegression:
   validation part kept noisy early epochs and scored lower on every data set tried;
 - SGD starts from zero weights (where the penalty pulls), and the penalty's step is taken
   exactly (proximal), so no penalty can make it diverge;
+- the cross-validated imprinting head competes in the same folds, and is kept unless SGD is
+  clearly right on more held-out images: with a few images per class SGD was up to 0.06
+  below it;
 - the features are conditioned first. `M` is a gently shrunk within-class whitening (see
   `workbench.whitening`), scaled to unit mean square per dimension, so one learning rate and
   one penalty scale suit extractors whose outputs differ in scale and correlation. `M` is
@@ -223,12 +226,34 @@ def conditioned(
 
 @dataclass(frozen=True)
 class RegChoice:
-    """The penalty chosen by cross-validation and each candidate's held-out loss."""
+    """The penalty chosen by cross-validation and each candidate's held-out loss.
 
-    reg: float
+    `reg` None: the prior head won (see `choose_reg`); its loss is the one named "prior".
+    """
+
+    reg: float | None
     losses: dict[str, float]
     held_out_rows: int
     folds: int
+
+
+# A penalty at the edge of the grid that wins says the grid is too short there: it is
+# extended past that edge by the grid's own step, EDGE_STEPS values at a time, at most
+# MAX_EXTENSIONS times.
+EDGE_STEPS = 2
+MAX_EXTENSIONS = 3
+Prior = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""(training rows, their labels) -> weights [D, C] and bias [C] of another head on raw rows
+(the imprinting head), which competes with SGD in `choose_reg`."""
+
+
+@dataclass(frozen=True)
+class RegSearch:
+    """What the penalty search chose, and the held-out logits it chose on."""
+
+    choice: RegChoice
+    logits: np.ndarray  # [rows, C] held-out logits of the choice (SGD's, or the prior's)
+    rows: np.ndarray  # their indices into the training set
 
 
 def choose_reg(
@@ -239,46 +264,117 @@ def choose_reg(
     seed: int,
     lams: tuple[float, ...] = REG_GRID,
     on_fold: Callable[[int], None] | None = None,
-) -> tuple[RegChoice, np.ndarray, np.ndarray]:
+    prior: Prior | None = None,
+) -> RegSearch:
     """Cross-validate the penalty reg = lam / N: every fold trains the final procedure.
 
-    Big sets are cross-validated on a stratified sample of at most CV_ROWS images. Returns
-    the choice (as reg for all of `x`), the held-out logits at the chosen penalty and the
-    rows they belong to.
+    Big sets are cross-validated on a stratified sample of at most CV_ROWS images. When the
+    lowest held-out loss is at an edge of the grid, the grid is extended past it (see
+    EDGE_STEPS); the penalty chosen is the strongest within one standard error of that
+    lowest loss (`one_standard_error`). A `prior` head, fitted on the same folds, is chosen
+    instead (`choice.reg` None) unless SGD at that penalty gets clearly more held-out
+    images right (`clearly_more_right`).
     """
     rows = _sample_rows(labels, CV_ROWS, seed)
     cx, cy = x[rows], labels[rows]
     fold_of = stratified_folds(cy, CV_FOLDS, seed)
-    held = np.full((len(lams), len(cy), num_classes), np.nan)
-    for fold in range(CV_FOLDS):
-        test = fold_of == fold
-        if not test.any() or test.all():
-            continue
+    tests = [fold_of == f for f in range(CV_FOLDS)]
+    tests = [test for test in tests if test.any() and not test.all()]
+    folds = []  # each fold's conditioned features, made once for every penalty tried
+    for test in tests:
         features, start = conditioned(cx[~test], cy[~test], num_classes)
-        regs = np.asarray(lams) / int((~test).sum())
-        weights, bias, _ = sgd(features.apply(cx[~test]), cy[~test], start, regs, options, seed)
-        held[:, test] = features.apply(cx[test])[None] @ weights + bias[:, None]
-        if on_fold is not None:
-            on_fold(fold + 1)
-    own = has_own_class(cy, fold_of)
-    scored = own & np.isfinite(held[0]).all(axis=1)
-    losses = np.array([_cross_entropy(held[j][scored], cy[scored]) for j in range(len(lams))])
+        folds.append((test, features.apply(cx[~test]), features.apply(cx[test]), start))
+
+    def held_out(candidates: list[float], progress: bool = False) -> np.ndarray:
+        held = np.full((len(candidates), len(cy), num_classes), np.nan)
+        for done, (test, z_train, z_test, start) in enumerate(folds, start=1):
+            regs = np.asarray(candidates) / int((~test).sum())
+            weights, bias, _ = sgd(z_train, cy[~test], start, regs, options, seed)
+            held[:, test] = z_test[None] @ weights + bias[:, None]
+            if progress and on_fold is not None:
+                on_fold(done)
+        return held
+
+    grid = list(lams)
+    held = held_out(grid, progress=True)
+    scored = has_own_class(cy, fold_of) & np.isfinite(held[0]).all(axis=1)
+    y = cy[scored]
+    losses = [_cross_entropy(h[scored], y) for h in held]
+    for _ in range(MAX_EXTENSIONS if len(grid) > 1 else 0):
+        best = int(np.argmin(losses))
+        if best not in (0, len(grid) - 1):
+            break
+        edge, inner = (grid[0], grid[1]) if best == 0 else (grid[-1], grid[-2])
+        more = [edge * (edge / inner) ** k for k in range(1, EDGE_STEPS + 1)]
+        more_held = held_out(more)
+        more_losses = [_cross_entropy(h[scored], y) for h in more_held]
+        if best == 0:  # stronger penalties go first, keeping the grid strong to weak
+            grid, losses = more[::-1] + grid, more_losses[::-1] + losses
+            held = np.concatenate([more_held[::-1], held])
+        else:
+            grid, losses = grid + more, losses + more_losses
+            held = np.concatenate([held, more_held])
+    best = one_standard_error(held[:, scored], y, losses)
+    reg: float | None = float(grid[best]) / len(labels)
+    logits = held[best][scored]
+    named = {f"{lam / len(labels):.3g}": float(v) for lam, v in zip(grid, losses, strict=True)}
+    if prior is not None:
+        prior_held = np.full((len(cy), num_classes), np.nan)
+        for test, *_ in folds:
+            weights, bias = prior(cx[~test], cy[~test])
+            prior_held[test] = cx[test] @ weights + bias
+        prior_held = prior_held[scored]
+        named = {"prior": _cross_entropy(prior_held, y), **named}
+        if not clearly_more_right(logits, prior_held, y):
+            reg, logits = None, prior_held
+    choice = RegChoice(reg, named, held_out_rows=int(scored.sum()), folds=CV_FOLDS)
+    return RegSearch(choice, logits, rows[scored])
+
+
+def one_standard_error(held: np.ndarray, labels: np.ndarray, losses: list[float]) -> int:
+    """The strongest penalty whose held-out loss is within one standard error of the lowest.
+
+    The lowest loss among many penalties, measured on a few dozen held-out images with a
+    few images per class, is partly luck; a weaker penalty (more room to fit those images)
+    is taken only when it is better by more than that (the usual one-standard-error rule).
+    `held` [penalties, rows, C] runs from strong to weak, as the grid does.
+    """
     best = int(np.argmin(losses))
-    choice = RegChoice(
-        reg=float(lams[best]) / len(labels),
-        losses={f"{lam / len(labels):.3g}": float(v) for lam, v in zip(lams, losses, strict=True)},
-        held_out_rows=int(scored.sum()),
-        folds=CV_FOLDS,
-    )
-    return choice, held[best][scored], rows[scored]
+    if not np.isfinite(losses[best]) or len(labels) < 2:
+        return best
+    rows = cross_entropy_rows(held[best], labels)
+    bar = losses[best] + float(rows.std(ddof=1)) / np.sqrt(len(rows))
+    return next(j for j, loss in enumerate(losses) if loss <= bar)
+
+
+def clearly_more_right(logits: np.ndarray, other: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether `logits` get more rows right than `other` by more than a standard error.
+
+    Paired over the same held-out rows: only the images exactly one of the two gets right
+    count, and the standard error says how much of their difference luck could be.
+    Measured on flower photos, emoji, clip art and clothing (5 to 70 classes, 2 to 200
+    images per class): with the imprinting head as `other`, SGD is kept where it gains (up
+    to +0.047 top-1 on 70 emoji classes at 50 images each) and the imprinting head where SGD
+    would lose (up to -0.021 before).
+    """
+    right = (logits.argmax(axis=1) == labels).astype(np.float64)
+    gain = right - (other.argmax(axis=1) == labels).astype(np.float64)
+    if len(gain) < 2:
+        return False
+    return float(gain.mean()) > float(gain.std(ddof=1)) / np.sqrt(len(gain))
+
+
+def cross_entropy_rows(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-row cross-entropy of softmax(logits) against `labels`."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=1))
+    return log_norm - shifted[np.arange(len(labels)), labels]
 
 
 def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     if not np.isfinite(logits).all():
         return float("inf")
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(shifted).sum(axis=1))
-    return float(np.mean(log_norm - shifted[np.arange(len(labels)), labels]))
+    return float(np.mean(cross_entropy_rows(logits, labels)))
 
 
 def _sample_rows(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from workbench.head_eval import head_scores
 from workbench.imprint_head import ImprintingHead
 from workbench.options import DataOptions, ImprintOptions, RunOptions
-from workbench.progress import Reporter
+from workbench.progress import Reporter, fallbacks
 from workbench.softmax_head import SoftmaxHead
 from workbench.tflite.graph import Graph
 from workbench.trainers import bundled_source
@@ -38,6 +38,7 @@ class CurvePoint:
     float_top1: dict[str, float]
     exported_top1: dict[str, float] = field(default_factory=dict)
     agreement: dict[str, float] = field(default_factory=dict)
+    fallbacks: list[str] = field(default_factory=list)  # see progress.Fallback
 
 
 def _first_per_class(labels: np.ndarray, cap: int) -> np.ndarray:
@@ -78,13 +79,16 @@ def learning_curve(
         for cap in sorted(caps):
             rows = _first_per_class(embedded.train_y, cap)
             x, y = embedded.train_x[rows], embedded.train_y[rows]
-            heads: dict[str, Any] = {
-                "imprint": ImprintingHead.fit(x, y, num_classes, seed=seed),
-                "imprint --no-whiten": ImprintingHead.fit(
-                    x, y, num_classes, ImprintOptions(whiten=False), seed
-                ),
-                "backprop": SoftmaxHead.fit(x, y, num_classes, seed=seed),
-            }
+            with fallbacks() as used:
+                heads: dict[str, Any] = {
+                    "imprint": ImprintingHead.fit(x, y, num_classes, seed=seed),
+                    "imprint --no-whiten": ImprintingHead.fit(
+                        x, y, num_classes, ImprintOptions(whiten=False), seed
+                    ),
+                    "backprop": SoftmaxHead.fit(x, y, num_classes, seed=seed),
+                }
+            for message in used:
+                reporter.warn(f"{cap} per class: {message}")
             point = CurvePoint(
                 cap,
                 len(rows),
@@ -93,6 +97,7 @@ def learning_curve(
                     for name, head in heads.items()
                 },
             )
+            point.fallbacks = used
             if cap in exported_at:
                 _score_exported(point, heads, prepared)
             points.append(point)
