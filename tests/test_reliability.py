@@ -462,34 +462,45 @@ def test_failed_commit_restores_every_earlier_output(
 def test_stale_staged_files_are_removed_and_live_ones_kept(
     tmp_path: Path, trained: Path, extractor: Path, small: Path
 ) -> None:
-    """`.OUT.tflite.<dead pid>.abcd.tmp` older than 2 minutes goes; one of a live process
-    (this one, or a running child) or a fresh one stays, as do other targets' files."""
+    """`.OUT.tflite.<dead pid>.abcd.tmp` goes at once, however recent; one of a live process
+    (this one, or a running child), one a live process holds locked (a writer this process
+    cannot see, in another PID namespace or on another host), and other targets' files
+    stay."""
     files = copy_outputs(trained, tmp_path / "m.tflite")
     gone_pid = dead_pid()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    locked = tmp_path / f".m.tflite.{gone_pid}.lock.tmp"
+    locked.write_bytes(b"staged by a writer in another namespace")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", locked],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
-        old = time.time() - 180
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         stale = [
             tmp_path / f".m.tflite.{gone_pid}.abcd.tmp",
             tmp_path / f".m.txt.{gone_pid}.ef01.tmp",
             tmp_path / f".m.report.json.{gone_pid}.zz99.bak",
+            tmp_path / f".m.tflite.{gone_pid}.new1.tmp",  # written a moment ago
         ]
         kept = [
             tmp_path / f".m.tflite.{os.getpid()}.abcd.tmp",
             tmp_path / f".m.tflite.{sleeper.pid}.abcd.tmp",
             tmp_path / f".other.tflite.{gone_pid}.abcd.tmp",
         ]
-        fresh = tmp_path / f".m.tflite.{gone_pid}.new1.tmp"
-        for path in [*stale, *kept, fresh]:
-            path.write_bytes(b"debris")
         for path in [*stale, *kept]:
+            path.write_bytes(b"debris")
+        old = time.time() - 180
+        for path in stale[:3]:
             os.utime(path, (old, old))
         assert_ok(invoke("imprint", small, "-e", extractor, "-o", files["model"], "--no-cache"))
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        for process in (sleeper, holder):
+            process.kill()
+            process.wait()
     assert not any(path.exists() for path in stale)
-    assert all(path.exists() for path in [*kept, fresh])
+    assert all(path.exists() for path in [*kept, locked])
 
 
 # --- 4. signals -----------------------------------------------------------------------------------
@@ -889,12 +900,12 @@ def test_no_arguments_prints_help_without_a_traceback() -> None:
 def test_divergent_backprop_falls_back_with_one_warning_line(
     tmp_path: Path, extractor: Path, small: Path
 ) -> None:
-    """`backprop --learning-rate 1e6 --epochs 30`: SGD diverges; the head is the imprinting
+    """`backprop --learning-rate 1e6 --epochs 30 --reg 10`: SGD diverges; the head is the imprinting
     solution, said in one warning line and in the report; no RuntimeWarning or source path on
     stderr."""
     out = tmp_path / "m.tflite"
     outcome = run_cli("backprop", small, "-e", extractor, "-o", out, "--no-cache",
-                      "--learning-rate", "1e6", "--epochs", "30")  # fmt: skip
+                      "--learning-rate", "1e6", "--epochs", "30", "--reg", "10")  # fmt: skip
     assert_ok(outcome)
     warned = [w for w in warnings_of(outcome) if "diverged" in w]
     assert len(warned) == 1 and "imprinting solution" in warned[0], outcome.describe()
@@ -1447,6 +1458,9 @@ REPORT_DAMAGE: dict[str, Callable[[dict], dict]] = {
     "classes is a string": lambda r: {**r, "classes": "abc"},
     "top_k_accuracy is a string": lambda r: {**r, "top_k_accuracy": "abc"},
     "confusion matrix too small": lambda r: {**r, "confusion_matrix": [[1]]},
+    "confusion cell outside the matrix": lambda r: {**r, "confusion": [[99, 0, 1]]},
+    "confusion cells are text": lambda r: {**r, "confusion": "abc"},
+    "old report: full matrix only": lambda r: {k: v for k, v in r.items() if k != "confusion"},
     "split is null": lambda r: {**r, "split": None},
     "mistakes are numbers": lambda r: {**r, "mistakes": [1]},
     "curve points is a number": lambda r: {"points": 5},

@@ -19,7 +19,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from workbench.dataset import is_image_file
+from workbench.dataset import check_folder, image_files_under
 from workbench.embeddings import decode_ahead
 from workbench.errors import WorkbenchError
 from workbench.evaluate import ranked
@@ -27,18 +27,28 @@ from workbench.export import default_labels_path, read_labels
 from workbench.images import ImageError, Preprocessing
 from workbench.progress import Reporter
 from workbench.runtime import load_model
+from workbench.terminal import plain
 from workbench.tflite.graph import read_model_bytes
 from workbench.tflite.metadata import labels_from_model
 
 
 def image_files(paths: list[Path]) -> list[Path]:
-    """Files as given; folders expanded to the images inside them, recursively, sorted."""
+    """Files as given; folders expanded to the images inside them, recursively, sorted.
+
+    Folders are searched as class folders are (`image_files_under`): links to folders are
+    not followed, nesting is bounded, and "/" or /proc, /sys and /dev are refused.
+    """
     found: list[Path] = []
     for path in paths:
-        if not path.exists():
+        try:
+            exists, is_dir = path.exists(), path.is_dir()
+        except OSError as e:  # a name longer than the file system holds
+            raise WorkbenchError(f"cannot use {path}: {e.strerror or e}") from None
+        if not exists:
             raise WorkbenchError(f"image or folder not found: {path}")
-        if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+        if is_dir:
+            check_folder(path, "folder")
+            inside = sorted(image_files_under(path, [], "folder"))
             if not inside:
                 raise WorkbenchError(f"no images in folder {path}")
             found.extend(inside)
@@ -129,14 +139,16 @@ def _top(
 
 def print_classification(console: Console, result: dict[str, Any]) -> None:
     for item in result["results"]:
-        console.print(item["file"], markup=False, highlight=False, soft_wrap=True)
+        console.print(plain(item["file"]), soft_wrap=True)
         table = Table()
         table.add_column("rank", justify="right")
         table.add_column("label", overflow="fold")
         table.add_column("id", justify="right")
         table.add_column("score", justify="right")
         for rank, entry in enumerate(item["top"], start=1):
-            table.add_row(str(rank), entry["label"], str(entry["id"]), f"{entry['score']:.4f}")
+            table.add_row(
+                str(rank), plain(entry["label"]), str(entry["id"]), f"{entry['score']:.4f}"
+            )
         console.print(table)
     timing = result["timing"]
     steady = timing["steady_state_ms"]

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from typer.core import TyperGroup
 
 from workbench import __version__
@@ -29,12 +28,14 @@ from workbench.options import (
     real,
     whole,
 )
+from workbench.terminal import PlainConsole, visible
 
 EXIT_BAD_INPUT = 2
 
 
 def one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """The message on one line, with nothing in it that would act on the terminal."""
+    return visible(" ".join(str(text).split()))
 
 
 def _click_exception() -> Any:
@@ -99,12 +100,14 @@ EXIT_POOR_EXPORT = 1
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def stdout() -> Console:
-    return Console()
+def stdout() -> PlainConsole:
+    """Tables on stdout. Every string printed is shown as it is: class names, labels and
+    paths come from users and files, and may look like markup (`[/]`) or emoji codes."""
+    return PlainConsole()
 
 
-def stderr() -> Console:
-    return Console(stderr=True)
+def stderr() -> PlainConsole:
+    return PlainConsole(stderr=True)
 
 
 def handles_bad_input(command: F) -> F:
@@ -506,7 +509,7 @@ def report(
     if json_output:
         emit_json({"html": str(target)})
         return
-    print(target)
+    print(visible(target))
 
 
 @app.command()
@@ -661,7 +664,7 @@ def datasets_get(
     if json_output:
         emit_json({"folder": str(target), "classes": found.classes, "images": found.num_images})
         return
-    print(f"{target}: {len(found.classes)} classes, {found.num_images} images")
+    print(visible(f"{target}: {len(found.classes)} classes, {found.num_images} images"))
 
 
 @datasets_app.command("list")

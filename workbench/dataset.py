@@ -9,7 +9,6 @@ the same arguments sees exactly the images that training held out.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import threading
@@ -23,8 +22,16 @@ from workbench.errors import WorkbenchError
 from workbench.export import label_problem
 from workbench.options import DataOptions
 from workbench.progress import Reporter
+from workbench.report import parse_json
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
+# Folders a scan never enters: the kernel's pseudo-file systems, whose trees are huge, change
+# while they are read, or block on reading. With "/" (everything), a data folder may not be
+# one of them or lead into one through a link.
+SYSTEM_FOLDERS = (Path("/proc"), Path("/sys"), Path("/dev"))
+# Folder levels below a class folder that are searched for images. Photo collections sit a
+# few levels deep; a tree deeper than this is a runaway (or hostile) one, and stops the scan.
+MAX_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,8 @@ class Dataset:
     classes: list[str]
     images: dict[str, list[Path]]
     skipped: list[Path] = field(default_factory=list)
+    # class folders that are links leading where no scan goes, and why
+    refused: list[tuple[Path, str]] = field(default_factory=list)
 
     @property
     def num_images(self) -> int:
@@ -89,17 +98,48 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def _class_files(folder: Path, skipped: list[Path]) -> list[Path]:
-    """The image files under a class folder, at any depth; the rest goes to `skipped`.
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def system_folder(resolved: Path) -> Path | None:
+    """The pseudo-file system (/proc, /sys, /dev) that `resolved` lies in, if any."""
+    return next((f for f in SYSTEM_FOLDERS if _is_within(resolved, f)), None)
+
+
+def _link_problem(entry: Path, root: Path) -> str | None:
+    """Why the class folder `entry`, a symbolic link, may not be scanned (None if it may).
+
+    `root` is the data folder, resolved. A link to "/" or to a folder holding the data
+    folder would walk the whole file system or the data folder again (its other classes
+    counted twice); one into /proc, /sys or /dev walks the kernel's pseudo-files.
+    """
+    try:
+        target = entry.resolve()
+    except (OSError, RuntimeError):
+        return "is a link that cannot be followed"
+    if target == Path(target.anchor):
+        return f"is a link to {target} (the whole file system)"
+    inside = system_folder(target)
+    if inside is not None:
+        return f"is a link into {inside}"
+    if _is_within(root, target):
+        return f"is a link to {target}, which holds the data folder itself"
+    return None
+
+
+def image_files_under(folder: Path, skipped: list[Path], what: str = "class folder") -> list[Path]:
+    """The image files under `folder`, at any depth up to MAX_DEPTH; the rest goes to
+    `skipped`. A tree deeper than that is a WorkbenchError.
 
     Hidden entries (and what is inside hidden folders) are ignored; a linked folder is not
     followed, as `Path.rglob` does not. Directory entries say whether they are files
     without a stat call for every image, which thousands of images add up to.
     """
     files: list[Path] = []
-    pending = [folder]
+    pending = [(folder, 0)]
     while pending:
-        current = pending.pop()
+        current, depth = pending.pop()
         try:
             with os.scandir(current) as listing:
                 entries = list(listing)
@@ -112,7 +152,12 @@ def _class_files(folder: Path, skipped: list[Path]) -> list[Path]:
             try:
                 is_file = item.is_file()
                 if not is_file and item.is_dir(follow_symlinks=False):
-                    pending.append(path)
+                    if depth >= MAX_DEPTH:
+                        raise WorkbenchError(
+                            f"{what} {folder} holds folders nested more than {MAX_DEPTH} "
+                            f"deep ({path}); move the images up or out of it"
+                        )
+                    pending.append((path, depth + 1))
             except OSError:
                 is_file = False
             if is_file:
@@ -122,20 +167,41 @@ def _class_files(folder: Path, skipped: list[Path]) -> list[Path]:
     return files
 
 
+def check_folder(root: Path, what: str = "data folder") -> Path:
+    """`root` resolved, or a WorkbenchError if it is no folder a scan may walk."""
+    try:
+        exists, is_dir = root.exists(), root.is_dir()
+        resolved = root.resolve()
+    except (OSError, RuntimeError) as e:  # a name too long, a link loop
+        why = getattr(e, "strerror", None) or e
+        raise WorkbenchError(f"cannot use {what} {root}: {why}") from None
+    if not exists:
+        raise WorkbenchError(f"{what} not found: {root}")
+    if not is_dir:
+        raise WorkbenchError(f"not a folder: {root} (expected one sub-folder of images per class)")
+    inside = system_folder(resolved)
+    if resolved == Path(resolved.anchor) or inside is not None:
+        where = "the whole file system" if inside is None else f"in {inside}, the kernel's files"
+        raise WorkbenchError(
+            f"refusing to scan {what} {root}: it is {where}; give a folder of class folders"
+        )
+    return resolved
+
+
 def scan(root: str | Path, min_classes: int = 2) -> Dataset:
     """Find the classes (sub-folders, sorted by name) and their image files.
 
     Hidden entries and files that are not images by extension are skipped and counted; files
-    directly in the root are skipped too. Fewer than `min_classes` classes (2 to train a
-    classifier; 1 to add a class or images to a base model's), or a class with fewer than 2
-    images, is an error that names the problem.
+    directly in the root are skipped too. A class folder that is a link to "/", to a folder
+    holding the data folder, or into /proc, /sys or /dev is left out (in `refused`); one
+    nested deeper than MAX_DEPTH is an error. Fewer than `min_classes` classes (2 to train
+    a classifier; 1 to add a class or images to a base model's), or a class with fewer than
+    2 images, is an error that names the problem.
     """
     root = Path(root)
-    if not root.exists():
-        raise WorkbenchError(f"data folder not found: {root}")
-    if not root.is_dir():
-        raise WorkbenchError(f"not a folder: {root} (expected one sub-folder of images per class)")
+    resolved = check_folder(root)
     skipped: list[Path] = []
+    refused: list[tuple[Path, str]] = []
     images: dict[str, list[Path]] = {}
     try:
         entries = sorted(root.iterdir())
@@ -147,7 +213,11 @@ def scan(root: str | Path, min_classes: int = 2) -> Dataset:
         if not entry.is_dir():
             skipped.append(entry)
             continue
-        images[entry.name] = sorted(_class_files(entry, skipped))
+        problem = _link_problem(entry, resolved) if entry.is_symlink() else None
+        if problem:
+            refused.append((entry, problem))
+            continue
+        images[entry.name] = sorted(image_files_under(entry, skipped))
 
     for name in images:
         problem = label_problem(name)
@@ -165,7 +235,19 @@ def scan(root: str | Path, min_classes: int = 2) -> Dataset:
         raise WorkbenchError(
             f"every class needs at least 2 images; too few in {root}: {', '.join(too_small)}"
         )
-    return Dataset(root, sorted(images), images, sorted(skipped))
+    return Dataset(root, sorted(images), images, sorted(skipped), refused)
+
+
+def passed_over(dataset: Dataset, reporter: Reporter) -> None:
+    """One warning line for the class folders left out, one for the non-image files."""
+    if dataset.refused:
+        shown = "; ".join(f"{path.name} {why}" for path, why in dataset.refused[:3])
+        more = f"; and {len(dataset.refused) - 3} more" if len(dataset.refused) > 3 else ""
+        reporter.warn(f"skipped {len(dataset.refused)} linked class folders: {shown}{more}")
+    if dataset.skipped:
+        shown = ", ".join(p.name for p in dataset.skipped[:3])
+        more = f" and {len(dataset.skipped) - 3} more" if len(dataset.skipped) > 3 else ""
+        reporter.warn(f"skipped {len(dataset.skipped)} non-image files ({shown}{more})")
 
 
 def held_out_count(n: int, test_ratio: float) -> int:
@@ -202,10 +284,7 @@ def prepare_split(
 ) -> tuple[Dataset, Split]:
     """Scan the folder (saying what was skipped) and split it."""
     dataset = scan(data_dir, min_classes)
-    if dataset.skipped:
-        shown = ", ".join(p.name for p in dataset.skipped[:3])
-        more = f" and {len(dataset.skipped) - 3} more" if len(dataset.skipped) > 3 else ""
-        reporter.warn(f"skipped {len(dataset.skipped)} non-image files ({shown}{more})")
+    passed_over(dataset, reporter)
     return dataset, split(dataset, options)
 
 
@@ -213,10 +292,10 @@ def load_split(report_path: str | Path) -> Split:
     """The split recorded in a training report (`OUT.report.json`)."""
     path = Path(report_path)
     try:
-        report = json.loads(path.read_text())
+        report = parse_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise WorkbenchError(f"report not found: {path}") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
         raise WorkbenchError(f"cannot read report {path}: {e}") from None
     if not isinstance(report, dict) or "split" not in report:
         raise WorkbenchError(f"{path} has no 'split' entry (is it a workbench report?)")

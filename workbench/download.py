@@ -204,10 +204,14 @@ def get_dataset(
     root = Path(root)
     target = root / name
     marker = target / MARKER
-    if marker.exists():
+    try:
+        finished, started = marker.exists(), target.exists()
+    except OSError as e:  # a folder name longer than the file system holds, ...
+        raise WorkbenchError(f"cannot use --root {root}: {e.strerror or e}") from None
+    if finished:
         reporter.info(f"{target} is already there")
         return target
-    if target.exists():
+    if started:
         raise WorkbenchError(f"{target} exists but is not a finished download; remove it first")
     downloads = root / ".downloads"
     try:

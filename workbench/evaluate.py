@@ -15,11 +15,19 @@ import numpy as np
 
 from workbench import __version__
 from workbench.cache import OutputCache
-from workbench.dataset import Dataset, Split, fingerprints, load_split, prepare_split, scan
+from workbench.dataset import (
+    Dataset,
+    Split,
+    fingerprints,
+    load_split,
+    passed_over,
+    prepare_split,
+    scan,
+)
 from workbench.errors import WorkbenchError
 from workbench.extraction import CacheChoice, cache_root, run_cached
 from workbench.head_eval import head_scores, pick_sample, same_as_whole_model
-from workbench.metrics import confusion, per_class
+from workbench.metrics import confusion_cells, per_class
 from workbench.options import DataOptions, OptionError, RunOptions, settings
 from workbench.outputs import check_cache_folder
 from workbench.progress import Reporter
@@ -49,7 +57,7 @@ class Evaluation:
     num_images: int
     top_k_accuracy: list[float]  # top-1 first
     per_class: dict[str, dict[str, float]]
-    confusion_matrix: list[list[int]]
+    confusion: list[list[int]]  # nonzero cells [row: true class, column, count] (see Report)
     confusion_labels: list[str]  # columns: the classes, plus OTHER if a prediction fell outside
     agreement: float | None = None
     mistakes: list[dict[str, object]] = field(default_factory=list)
@@ -125,7 +133,7 @@ def score(
     outside = ~np.isin(top1, ids)
     columns = list(ids) + ([-1] if outside.any() else [])
     predicted = np.where(outside, -1, top1)
-    matrix = confusion(truth, predicted, columns)[: len(ids)]
+    cells = confusion_cells(truth, predicted, columns)
     confusion_labels = list(classes) + ([OTHER] if outside.any() else [])
 
     agreement = export_vs_float = None
@@ -143,7 +151,7 @@ def score(
         num_images=len(truth),
         top_k_accuracy=top_k,
         per_class=by_class,
-        confusion_matrix=matrix.astype(int).tolist(),
+        confusion=cells.astype(int).tolist(),
         confusion_labels=confusion_labels,
         agreement=agreement,
         mistakes=mistakes,
@@ -263,6 +271,7 @@ def choose_images(
         return EvaluationSet(load_split(split_report), "report's split")
     if all_images:
         dataset = scan(data_dir)
+        passed_over(dataset, reporter)
         whole = Split(dataset.classes, {}, dict(dataset.images))
         return EvaluationSet(whole, "all images", dataset)
     recorded = model_info.get("split")

@@ -6,12 +6,15 @@ How the files are written (checked, staged, committed as one unit) is `workbench
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from workbench import __version__
 from workbench.errors import WorkbenchError
 from workbench.outputs import check_outputs, output_files, remove_stale, write_files_atomically
+from workbench.report import parse_json
 from workbench.tflite.graph import Graph
 from workbench.tflite.metadata import ModelMetadata, graph_with_standard_metadata
 
@@ -48,6 +51,12 @@ def labels_text(names: list[str]) -> str:
     return "".join(f"{i} {name}\n" for i, name in enumerate(names))
 
 
+# Labels files: ids below MAX_LABELS (as many classes as a model may have), and at most
+# MAX_LABELS_BYTES in all.
+MAX_LABELS = 100_000
+MAX_LABELS_BYTES = 32 << 20
+
+
 def read_labels(path: str | Path) -> list[str]:
     """Read `<id> <label>` lines (Coral) or plain lines (the line number is the id).
 
@@ -67,9 +76,30 @@ def read_labels(path: str | Path) -> list[str]:
 
 
 def _label_lines(path: Path) -> list[str]:
-    """The labels in file order, by id (a gap in the ids gets the name `class_<id>`)."""
+    """The labels in file order, by id (a gap in the ids gets the name `class_<id>`).
+
+    At most MAX_LABELS ids and MAX_LABELS_BYTES of file: a line `99999999999 x` would
+    otherwise fill memory with the names of the ids before it.
+    """
     try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        # Opened without waiting, and read only if it is a regular file: a named pipe or a
+        # device given as --labels would block or never end.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+                raise WorkbenchError(f"cannot read labels file {path}: it is {kind}")
+            with open(fd, "rb", closefd=False) as f:
+                raw = f.read(MAX_LABELS_BYTES + 1)
+        finally:
+            os.close(fd)
+        if len(raw) > MAX_LABELS_BYTES:
+            raise WorkbenchError(
+                f"labels file {path} is larger than {MAX_LABELS_BYTES >> 20} MiB; "
+                "is it a labels file?"
+            )
+        lines = [line.strip() for line in raw.decode("utf-8").splitlines()]
     except FileNotFoundError:
         raise WorkbenchError(f"labels file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -78,16 +108,25 @@ def _label_lines(path: Path) -> list[str]:
     if not lines:
         raise WorkbenchError(f"labels file is empty: {path}")
     first = lines[0].split(maxsplit=1)
-    if len(first) == 2 and first[0].isdigit():
+    if len(first) == 2 and _is_id(first[0]):
         labels: dict[int, str] = {}
         for line in lines:
             parts = line.split(maxsplit=1)
-            if len(parts) != 2 or not parts[0].isdigit():
+            if len(parts) != 2 or not _is_id(parts[0]):
                 raise WorkbenchError(f"{path}: expected '<id> <label>', got {line!r}")
+            if int(parts[0]) >= MAX_LABELS:
+                raise WorkbenchError(
+                    f"{path}: label id {parts[0]} is too large (ids go up to {MAX_LABELS - 1})"
+                )
             labels[int(parts[0])] = parts[1].strip()
         size = max(labels) + 1
         return [labels.get(i, f"class_{i}") for i in range(size)]
     return lines
+
+
+def _is_id(text: str) -> bool:
+    """ASCII digits only: `str.isdigit` also takes "²", which `int` refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def default_labels_path(model_path: str | Path) -> Path:
@@ -105,8 +144,8 @@ def workbench_metadata(graph: Graph) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
-        data = json.loads(raw.decode())
-    except (UnicodeDecodeError, ValueError):
+        data = parse_json(raw.decode())
+    except ValueError:  # not UTF-8 (UnicodeDecodeError), not JSON, or nested too deeply
         return None
     return data if isinstance(data, dict) else None
 

@@ -9,6 +9,9 @@ curve, a base model's classes) appear only in reports that have them.
 from __future__ import annotations
 
 import json
+import re
+import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +21,74 @@ from workbench.errors import WorkbenchError
 
 # Keys left out of the JSON when unset: they belong to some kinds of run only.
 OPTIONAL = ("training_curve", "extracted_images", "base_classes", "evaluation")
+# Up to this many classes the JSON also holds the confusion matrix written out in full
+# (`confusion_matrix`), easy to read by eye. Past it only the nonzero cells are written
+# (`confusion`): a full matrix grows with the square of the classes, and at 2,000 classes
+# it made a 37 MB report that took minutes to write.
+DENSE_CONFUSION_MAX = 100
+# Deepest nesting of lists and objects read from a JSON file (reports, model metadata).
+MAX_JSON_DEPTH = 64
+
+
+def parse_json(text: str | bytes) -> Any:
+    """`json.loads` for files anyone can edit: too deep a nesting is a ValueError like any
+    bad JSON.
+
+    Python's parser recurses once per bracket, so 200,000 nested brackets (a few hundred KB)
+    raise RecursionError; a few hundred levels parse but break what walks the data next
+    (writing it out again, rendering it). Nothing workbench writes nests more than a handful
+    of levels, so more than MAX_JSON_DEPTH is refused.
+    """
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"JSON nested more than {MAX_JSON_DEPTH} levels deep") from None
+    pending = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+            items = value.values() if isinstance(value, dict) else value
+            pending.extend((item, depth + 1) for item in items if isinstance(item, dict | list))
+    return data
+
+
+def sparse_confusion(matrix: Any) -> list[list[int]]:
+    """The nonzero cells `[row, column, count]` of a confusion matrix given in full.
+
+    Reads the full matrices of older reports; entries that are not positive whole numbers
+    (a hand-edited file) are left out.
+    """
+    cells: list[list[int]] = []
+    for i, row in enumerate(matrix if isinstance(matrix, list) else []):
+        for j, count in enumerate(row if isinstance(row, list) else []):
+            if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+                cells.append([i, j, count])
+    return cells
+
+
+def confusion_cells(cells: Any, rows: int, columns: int) -> list[tuple[int, int, int]] | None:
+    """`cells` as (row, column, count) tuples, or None unless every one is well formed.
+
+    Well formed: three whole numbers, the row and column inside a `rows` x `columns`
+    matrix, a positive count. Reports are read back from files anyone can edit.
+    """
+    if not isinstance(cells, list):
+        return None
+    found = []
+    for cell in cells:
+        if not (
+            isinstance(cell, list | tuple)
+            and len(cell) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in cell)
+        ):
+            return None
+        row, column, count = cell
+        if not (0 <= row < rows and 0 <= column < columns and count > 0):
+            return None
+        found.append((row, column, count))
+    return found
 
 
 def _now() -> str:
@@ -56,7 +127,9 @@ class Report:
     num_images: int = 0
     top_k_accuracy: list[float] = field(default_factory=list)
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)
-    confusion_matrix: list[list[int]] = field(default_factory=list)
+    # The confusion matrix's nonzero cells, [row, column, count]: rows are `classes` (true
+    # class), columns `confusion_labels` (predicted). `confusion_matrix` gives it in full.
+    confusion: list[list[int]] = field(default_factory=list)
     confusion_labels: list[str] = field(default_factory=list)
     agreement: float | None = None
     mistakes: list[dict[str, Any]] = field(default_factory=list)
@@ -78,22 +151,71 @@ class Report:
     def top1(self) -> float | None:
         return self.top_k_accuracy[0] if self.top_k_accuracy else None
 
+    @property
+    def confusion_matrix(self) -> list[list[int]]:
+        """The confusion matrix in full (rows: `classes`, columns: `confusion_labels`).
+
+        Made from `confusion` when asked for: at thousands of classes it is millions of
+        numbers, almost all 0.
+        """
+        columns = len(self.confusion_labels) or len(self.classes)
+        matrix = [[0] * columns for _ in self.classes]
+        for row, column, count in confusion_cells(self.confusion, len(matrix), columns) or []:
+            matrix[row][column] = count
+        return matrix
+
+    @confusion_matrix.setter
+    def confusion_matrix(self, matrix: Sequence[Sequence[int]]) -> None:
+        self.confusion = sparse_confusion([list(row) for row in matrix])
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         for key in OPTIONAL:
             if data[key] is None:
                 del data[key]
-        return data
+        if len(self.classes) > DENSE_CONFUSION_MAX:
+            return data
+        ordered: dict[str, Any] = {}
+        for key, value in data.items():
+            ordered[key] = value
+            if key == "confusion":  # the full matrix beside its cells
+                ordered["confusion_matrix"] = self.confusion_matrix
+        return ordered
 
     def dumps(self) -> str:
-        return json.dumps(self.to_json(), indent=2) + "\n"
+        """The JSON file's text: indented, except that each list of numbers (a matrix row,
+        a confusion cell, the top-k accuracies) stays on one line."""
+        return _compact_lists(json.dumps(self.to_json(), indent=2)) + "\n"
+
+    def rendered(self, started: float) -> tuple[bytes, bytes]:
+        """The JSON and HTML report files, with the time spent making them in `timing`.
+
+        `write_s` is the time taken to render the page and `total_s` runs from `started`
+        (`time.perf_counter()` when the run began) to the end of it; the JSON is serialized
+        last, so that it holds both (its own serialization, a fraction of the page's time,
+        is the one step after the figures are taken).
+        """
+        from workbench.report_html import fill_timing_slot, render_report
+
+        start = time.perf_counter()
+        page = render_report(self.to_json(), timing_slot=True)  # the timing is filled in below
+        done = time.perf_counter()
+        self.timing["write_s"] = round(done - start, 3)
+        self.timing["total_s"] = round(done - started, 3)
+        return self.dumps().encode(), fill_timing_slot(page, self.timing).encode()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Report:
-        """A report from its JSON form; unknown keys (from newer versions) are ignored."""
+        """A report from its JSON form; unknown keys (from newer versions) are ignored.
+
+        Reports written before `confusion` existed hold the full `confusion_matrix` only.
+        """
         known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if "confusion" not in values and "confusion_matrix" in data:
+            values["confusion"] = sparse_confusion(data["confusion_matrix"])
         try:
-            return cls(**{k: v for k, v in data.items() if k in known})
+            return cls(**values)
         except TypeError as e:
             raise WorkbenchError(f"not a workbench report ({e})") from None
 
@@ -102,7 +224,7 @@ class Report:
         """The JSON object in a report file, or a WorkbenchError saying why there is none."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = parse_json(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise WorkbenchError(f"report not found: {path}") from None
         except (OSError, UnicodeDecodeError, ValueError) as e:
@@ -114,3 +236,18 @@ class Report:
     @classmethod
     def load(cls, path: str | Path) -> Report:
         return cls.from_json(cls.read_json(path))
+
+
+def _compact_lists(text: str) -> str:
+    """Indented JSON with every list of numbers put back on one line.
+
+    `json.dumps(indent=2)` gives each number of a matrix row or a cell a line of its own.
+    Lists holding strings are left as they are: whitespace inside a string is data.
+    """
+    return _NUMBER_LIST.sub(lambda m: " ".join(m.group().split()), text)
+
+
+# A `[` ... `]` of numbers, true, false and null only.
+_NUMBER_LIST = re.compile(
+    r"\[(?:\s*(?:-?[0-9][0-9.eE+-]*|true|false|null)\s*,)*\s*(?:-?[0-9][0-9.eE+-]*|true|false|null)\s*\]"
+)

@@ -25,6 +25,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
+from workbench.report import confusion_cells, sparse_confusion
 from workbench.report_svg import PALETTE, Series, confusion_heatmap, line_chart
 
 THUMBNAIL_PX = 96
@@ -33,6 +34,12 @@ LISTED_FILES = 200  # skipped / unreadable files listed by name; the rest are co
 RUN_KEYS = ("trainer", "data_dir", "model", "labels", "extractor", "extractor_sha256",
             "preprocessing", "workbench_version")  # fmt: skip
 CLUSTER_ABOVE = 10  # reorder the confusion matrix by confusions when it has more classes
+# Above this many classes the heatmap is not drawn: at 12 px a cell it would be thousands of
+# pixels wide, unreadable on any screen and slow in any browser. The top confusions are
+# listed instead, and every cell is in the JSON report.
+HEATMAP_MAX_CLASSES = 300
+# Where the timing table goes on a page rendered before the time spent writing is known.
+TIMING_SLOT = "<!--workbench:timing-->"
 
 STYLE = """
 :root{color-scheme:light;--fg:#1b1f24;--muted:#5b636e;--line:#d9dde3;--bad:#b42318;
@@ -132,8 +139,15 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
 
-def render_report(report: dict[str, Any], *, thumbnails: int = 200) -> str:
-    """The whole page for a `train`/`evaluate` report; at most `thumbnails` mistakes shown."""
+def render_report(
+    report: dict[str, Any], *, thumbnails: int = 200, timing_slot: bool = False
+) -> str:
+    """The whole page for a `train`/`evaluate` report; at most `thumbnails` mistakes shown.
+
+    Time and size grow with the classes and images, never with the classes squared: the
+    confusion matrix is read and drawn from its nonzero cells. `timing_slot`: leave a mark
+    where the timing table goes, for `fill_timing_slot`.
+    """
     sections = [
         _headline_section(report),
         _images_section(report),
@@ -143,12 +157,21 @@ def render_report(report: dict[str, Any], *, thumbnails: int = 200) -> str:
         _learning_curve_section(report.get("curve")),
         _gallery_section(report, thumbnails),
         _files_section(report),
-        _details_section(report),
+        _details_section(report, timing_slot),
     ]
     trainer = report.get("trainer")
     data = Path(str(report.get("data_dir", ""))).name or "dataset"
     title = f"workbench {trainer or 'evaluation'}: {data}"
     return _page(title, _subtitle(report), sections)
+
+
+def fill_timing_slot(page: str, timing: dict[str, Any]) -> str:
+    """The page with its timing table where `render_report(..., timing_slot=True)` left room.
+
+    The mark is a comment only workbench writes: text from the report is escaped, so no
+    class name or path can contain it.
+    """
+    return page.replace(TIMING_SLOT, _key_values_section("Timing (seconds)", timing), 1)
 
 
 def render_curve(curve: dict[str, Any]) -> str:
@@ -353,19 +376,29 @@ def _images_section(report: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Confusion:
-    """Rows: true classes; columns: predicted labels (the classes, maybe plus "(other)")."""
+    """Rows: true classes; columns: predicted labels (the classes, maybe plus "(other)").
+
+    The matrix is kept as its nonzero cells (row, column, count), as the JSON report has it.
+    """
 
     classes: list[str]
     labels: list[str]
-    matrix: list[list[int]]
+    cells: list[tuple[int, int, int]]
+
+    def totals(self) -> list[int]:
+        """Images of each true class."""
+        found = [0] * len(self.classes)
+        for row, _, count in self.cells:
+            found[row] += count
+        return found
 
     def mistakes(self) -> list[tuple[int, str, str, int]]:
         """(count, true class, predicted label, images of the true class), largest first."""
+        totals = self.totals()
         found = [
-            (count, true, predicted, sum(row))
-            for true, row in zip(self.classes, self.matrix, strict=True)
-            for predicted, count in zip(self.labels, row, strict=True)
-            if count and predicted != true
+            (count, self.classes[row], self.labels[column], totals[row])
+            for row, column, count in self.cells
+            if self.labels[column] != self.classes[row]
         ]
         return sorted(found, key=lambda m: (-m[0], m[1], m[2]))
 
@@ -378,13 +411,27 @@ class Confusion:
 
 
 def _confusion(report: dict[str, Any]) -> Confusion | None:
-    """The report's confusion matrix with its row and column names, if it is well formed."""
-    classes = list(report.get("classes") or [])
-    matrix = report.get("confusion_matrix") or []
-    labels = list(report.get("confusion_labels") or classes)
-    if not classes or len(matrix) != len(classes) or any(len(r) != len(labels) for r in matrix):
+    """The report's confusion matrix with its row and column names, if it is well formed.
+
+    From `confusion` (its nonzero cells), or from `confusion_matrix` in full in reports
+    written before `confusion` existed.
+    """
+    classes = [str(name) for name in report.get("classes") or []]
+    labels = [str(name) for name in report.get("confusion_labels") or classes]
+    if not classes or not isinstance(report.get("classes"), list):
         return None
-    return Confusion(classes, labels, matrix)
+    if "confusion" in report:
+        cells = confusion_cells(report["confusion"], len(classes), len(labels))
+        return None if cells is None else Confusion(classes, labels, cells)
+    matrix = report.get("confusion_matrix") or []
+    if (
+        not isinstance(matrix, list)
+        or len(matrix) != len(classes)
+        or any(not isinstance(r, list) or len(r) != len(labels) for r in matrix)
+    ):
+        return None
+    found = confusion_cells(sparse_confusion(matrix), len(classes), len(labels))
+    return None if found is None else Confusion(classes, labels, found)
 
 
 def _percent_cell(value: Any) -> str:
@@ -452,13 +499,20 @@ def _confusion_section(report: dict[str, Any]) -> str:
     confusion = _confusion(report)
     if confusion is None:
         return ""
+    if len(confusion.classes) > HEATMAP_MAX_CLASSES:
+        return (
+            '<section id="confusion"><h2>Confusion matrix</h2><p class="muted">'
+            f"{len(confusion.classes):,} classes are too many to draw as a matrix (it is drawn "
+            f"up to {HEATMAP_MAX_CLASSES}); every nonzero cell is in the JSON report "
+            f"(<code>confusion</code>).</p>{_top_confusions(confusion)}</section>"
+        )
     clustered = len(confusion.classes) > CLUSTER_ABOVE
     note = (
         " Rows and columns are ordered so that classes confused with each other sit together."
         if clustered
         else ""
     )
-    heatmap = confusion_heatmap(confusion.classes, confusion.labels, confusion.matrix, clustered)
+    heatmap = confusion_heatmap(confusion.classes, confusion.labels, confusion.cells, clustered)
     if clustered:  # a big matrix may use the whole window, beyond the text column
         figure = f'<div class="scroll wide">{heatmap}</div>{_top_confusions(confusion)}'
     else:  # a small one leaves room for the list beside it
@@ -699,12 +753,13 @@ def _key_values_section(title: str, values: dict[str, Any], open_: bool = True) 
     )
 
 
-def _details_section(report: dict[str, Any]) -> str:
+def _details_section(report: dict[str, Any], timing_slot: bool = False) -> str:
+    timing = report.get("timing") or {}
     parts = [
         _key_values_section("Run", {key: report.get(key) for key in RUN_KEYS}),
         _key_values_section("Settings", report.get("settings") or {}),
         _key_values_section("Evaluation", report.get("evaluation") or {}),
-        _key_values_section("Timing (seconds)", report.get("timing") or {}),
+        TIMING_SLOT if timing_slot else _key_values_section("Timing (seconds)", timing),
         _key_values_section("Head", report.get("head") or {}, open_=False),
         _key_values_section("Embedding cache", report.get("cache") or {}, open_=False),
     ]

@@ -216,19 +216,30 @@ def _markers(
 def confusion_order(matrix: Sequence[Sequence[int]]) -> list[int]:
     """Row order that puts classes often mistaken for each other next to each other.
 
+    `matrix` is the confusion matrix in full; see `confusion_order_of_cells`.
+    """
+    cells = [(i, j, count) for i, row in enumerate(matrix) for j, count in enumerate(row) if count]
+    return confusion_order_of_cells(len(matrix), cells)
+
+
+def confusion_order_of_cells(n: int, cells: Sequence[tuple[int, int, int]]) -> list[int]:
+    """`confusion_order` of an n-class matrix given by its nonzero cells (row, column, count).
+
     A greedy maximum-weight path: pairs are taken by how often they are confused (as a share of
     each row, so small classes count as much as big ones); a pair joins when both classes still
     have a free side and are not already in one chain. Chains are then laid out in the order of
-    their first class, so unconfused classes keep their original (alphabetical) place.
+    their first class, so unconfused classes keep their original (alphabetical) place. Only
+    the nonzero cells are visited, so thousands of classes cost what their mistakes cost.
     """
-    n = len(matrix)
-    rates = [[count / (sum(row) or 1) for count in row[:n]] for row in matrix]
-    pairs = sorted(
-        (-(rates[i][j] + rates[j][i]), i, j)
-        for i in range(n)
-        for j in range(i + 1, n)
-        if rates[i][j] + rates[j][i] > 0
-    )
+    totals = [0] * n
+    for i, _, count in cells:
+        totals[i] += count
+    weights: dict[tuple[int, int], float] = {}
+    for i, j, count in cells:
+        if i != j and j < n:  # columns past the classes ("(other)") pair with nothing
+            pair = (min(i, j), max(i, j))
+            weights[pair] = weights.get(pair, 0.0) + count / (totals[i] or 1)
+    pairs = sorted((-weight, i, j) for (i, j), weight in weights.items() if weight > 0)
     neighbours: list[list[int]] = [[] for _ in range(n)]
     chain_of = list(range(n))  # union-find forest: a chain is named by its root
 
@@ -315,19 +326,25 @@ class HeatmapLayout:
 def confusion_heatmap(
     row_labels: Sequence[str],
     column_labels: Sequence[str],
-    matrix: Sequence[Sequence[int]],
+    cells: Sequence[tuple[int, int, int]],
     cluster: bool = False,
 ) -> str:
     """The confusion matrix as an SVG heatmap, its row names in a second SVG beside it.
 
-    Rows are true classes, columns predictions (columns past the rows, e.g. "(other)", stay
-    last). A cell's colour is its share of the row; its `<title>` gives the exact count. A
-    column is the diagonal when its label is the row's. `cluster` reorders rows and columns
-    with `confusion_order`. The row names stay in view (CSS `position: sticky`) while a
-    matrix wider than the screen scrolls sideways under them.
+    `cells` are the matrix's nonzero cells (row, column, count). Rows are true classes,
+    columns predictions (columns past the rows, e.g. "(other)", stay last). A cell's colour
+    is its share of the row; its `<title>` gives the exact count. A column is the diagonal
+    when its label is the row's. `cluster` reorders rows and columns with `confusion_order`.
+    The row names stay in view (CSS `position: sticky`) while a matrix wider than the screen
+    scrolls sideways under them.
     """
-    order = confusion_order(matrix) if cluster else list(range(len(row_labels)))
-    columns = order + list(range(len(row_labels), len(column_labels)))
+    n = len(row_labels)
+    order = confusion_order_of_cells(n, cells) if cluster else list(range(n))
+    columns = order + list(range(n, len(column_labels)))
+    place = {source: position for position, source in enumerate(columns)}
+    by_row: list[dict[int, int]] = [{} for _ in range(n)]  # row -> {column position: count}
+    for i, j, count in cells:
+        by_row[i][place[j]] = count
     rows = [row_labels[i] for i in order]
     labels = [column_labels[j] for j in columns]
     layout = HeatmapLayout.fit(rows, labels)
@@ -351,9 +368,9 @@ def confusion_heatmap(
     if layout.labels_below(len(rows)):
         grid += _column_labels(labels, layout, below=top + grid_h)
     for i, (name, source) in enumerate(zip(rows, order, strict=True)):
-        counts = [matrix[source][j] for j in columns]
+        counts = by_row[source]
         y = top + i * cell
-        names.append(_row_label(name, sum(counts), y, layout))
+        names.append(_row_label(name, sum(counts.values()), y, layout))
         grid.append(_row(name, labels, counts, y, layout))
     if len(rows) > 30:
         grid.append(_guide_lines(len(rows), len(labels), layout))
@@ -385,13 +402,16 @@ def _row_label(name: str, total: int, y: int, layout: HeatmapLayout) -> str:
     )
 
 
-def _row(name: str, labels: Sequence[str], counts: list[int], y: int, layout: HeatmapLayout) -> str:
-    total = sum(counts)
+def _row(
+    name: str, labels: Sequence[str], counts: dict[int, int], y: int, layout: HeatmapLayout
+) -> str:
+    """One row's cells (`counts`: column position -> count); empty ones only if drawn."""
+    total = sum(counts.values())
+    columns = range(len(labels)) if layout.draw_zeros else sorted(counts)
     parts = []
-    for j, count in enumerate(counts):
-        if count or layout.draw_zeros:
-            x = layout.left + j * layout.cell
-            parts.append(_cell(name, labels[j], count, total, x, y, layout))
+    for j in columns:
+        x = layout.left + j * layout.cell
+        parts.append(_cell(name, labels[j], counts.get(j, 0), total, x, y, layout))
     return "".join(parts)
 
 

@@ -36,7 +36,6 @@ from workbench.outputs import (
 )
 from workbench.progress import Reporter, fallbacks
 from workbench.report import Report
-from workbench.report_html import render_report
 from workbench.runtime import LoadedModel, load_model
 from workbench.tflite.graph import Graph, read_model_bytes
 from workbench.tflite.heads import embedding_output
@@ -304,9 +303,9 @@ def write_run(
         report.export_ok = check_export(report.export_vs_float, reporter)
         report.timing["evaluate_s"] = round(time.perf_counter() - start, 3)
         report.model, report.labels = str(files["model"]), str(files["labels"])
-        report.timing["total_s"] = round(time.perf_counter() - prepared.started, 3)
-        staged.stage(files["report"], report.dumps().encode())
-        staged.stage(files["html"], render_report(report.to_json()).encode())
+        report_json, report_html = report.rendered(prepared.started)  # times its own writing
+        staged.stage(files["report"], report_json)
+        staged.stage(files["html"], report_html)
         staged.commit()
     return TrainingResult(files["model"], files["labels"], files["report"], files["html"], report)
 

@@ -6,10 +6,19 @@ extractor with Coral's quantization. One deliberate difference: `reg` enters the
 (pycoral only adds it to the printed loss), so a non-zero `reg` regularizes as documented.
 For workbench's own trainer (epochs, momentum, validation-based selection) see
 `workbench.backprop`.
+
+Arguments are checked where pycoral's binding takes them (the constructor, `train_with_sgd`):
+one that is not a number of the right kind is a TypeError, as pybind11's "incompatible
+arguments"; a number that cannot work (no features or classes, an empty batch, a learning
+rate that is NaN, infinite or not positive) is a ValueError at once, rather than a numpy
+error later, a model that silently trains nothing, or NaN weights that only
+`serialize_model` trips over.
 """
 
 from __future__ import annotations
 
+import math
+import operator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +57,37 @@ def logit_bound(
     return float(lows.min()), float(highs.max())
 
 
+def _whole(name: str, value: Any, low: int | None) -> int:
+    """`value` as an int of at least `low`: TypeError if it is no integer, ValueError if low."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        number = operator.index(value)  # ints and numpy integers; not floats, None or text
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if low is not None and number < low:
+        raise ValueError(f"{name} must be at least {low}, got {number}")
+    return number
+
+
+def _real(name: str, value: Any, positive: bool = False, low: float | None = None) -> float:
+    """`value` as a finite float (TypeError if it is no number, ValueError if not finite or
+    below the bound)."""
+    if isinstance(value, bool | str | bytes) or value is None:
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {number}")
+    if positive and number <= 0:
+        raise ValueError(f"{name} must be greater than 0, got {number}")
+    if low is not None and number < low:
+        raise ValueError(f"{name} must be at least {low}, got {number}")
+    return number
+
+
 class SoftmaxRegression:
     """pycoral.learn.backprop.softmax_regression.SoftmaxRegression, in numpy."""
 
@@ -58,11 +98,10 @@ class SoftmaxRegression:
         weight_scale: float = 0.01,
         reg: float = 0.0,
     ) -> None:
-        if feature_dim is None or num_classes is None:
-            raise ValueError("feature_dim and num_classes are required")
-        self.feature_dim = int(feature_dim)
-        self.num_classes = int(num_classes)
-        self.reg = reg
+        self.feature_dim = _whole("feature_dim", feature_dim, 1)
+        self.num_classes = _whole("num_classes", num_classes, 1)
+        weight_scale = _real("weight_scale", weight_scale)
+        self.reg = _real("reg", reg, low=0.0)
         # Drawn from numpy's global generator, as pycoral does, so np.random.seed() applies.
         self.params = {
             "mat_w": weight_scale * np.random.randn(self.feature_dim, self.num_classes),
@@ -92,6 +131,8 @@ class SoftmaxRegression:
             )
         if len(y) != len(x):
             raise RuntimeError(f"{what}: {len(x)} embeddings but {len(y)} labels")
+        if not np.isfinite(x).all():
+            raise RuntimeError(f"{what}: the embeddings hold NaN or infinite values")
         if len(y) and (
             not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= self.num_classes
         ):
@@ -116,9 +157,14 @@ class SoftmaxRegression:
     ) -> None:
         """SGD on `data` (keys data_train, labels_train, data_val, labels_val).
 
-        Every `print_every` iterations (0: never) the batch loss and the training and
-        validation accuracy are printed, as pycoral logs them.
+        Every `print_every` iterations (0 or less: never) the batch loss and the training and
+        validation accuracy are printed, as pycoral logs them. `num_iter` may be 0 (nothing is
+        trained); `batch_size` must be at least 1 and `learning_rate` a finite number above 0.
         """
+        num_iter = _whole("num_iter", num_iter, 0)
+        batch_size = _whole("batch_size", batch_size, 1)
+        learning_rate = _real("learning_rate", learning_rate, positive=True)
+        print_every = _whole("print_every", print_every, None)
         x, y = self._checked(data["data_train"], data["labels_train"], "training data")
         if not len(y):
             raise RuntimeError("training data: no embeddings to train on")
@@ -129,7 +175,7 @@ class SoftmaxRegression:
         for i in range(num_iter):
             batch = np.random.choice(len(y), batch_size)
             loss = model.step_sgd(x[batch], y[batch], learning_rate)
-            if print_every and i % print_every == 0:
+            if print_every > 0 and i % print_every == 0:
                 val = (
                     100 * model.accuracy(val_x, val_y)
                     if val_x is not None and val_y is not None
@@ -158,6 +204,16 @@ class SoftmaxRegression:
         except WorkbenchError as e:
             raise ValueError(f"Failed to open file: {in_model_path} ({e})") from None
         weights, bias = self.params["mat_w"], self.params["vec_b"]
+        with np.errstate(over="ignore"):  # the layer is float32, as libcoral's
+            finite = (
+                np.isfinite(np.asarray(weights, np.float32)).all()
+                and np.isfinite(np.asarray(bias, np.float32)).all()
+            )
+        if not finite:
+            raise ValueError(
+                "the weights are not finite 32-bit numbers (training diverged: use a smaller "
+                "learning_rate), so they cannot be quantized"
+            )
         try:
             logit_range = self.logit_range or self._untrained_range(graph, weights, bias)
             append_softmax_regression_tail(graph, weights.T, bias, logit_range)

@@ -94,7 +94,97 @@ def unpack_model(data: bytes, origin: str = "model") -> fb.ModelT:
         raise WorkbenchError(f"damaged or truncated TFLite model: {origin} ({e})") from None
     if not model.subgraphs:
         raise WorkbenchError(f"TFLite model has no graph: {origin}")
+    problem = index_problem(model)
+    if problem:
+        raise WorkbenchError(f"damaged or crafted TFLite model: {origin} ({problem})")
     return model
+
+
+def index_problem(model: fb.ModelT) -> str | None:
+    """The first reference in the model that points outside what the file holds, if any.
+
+    A flatbuffer parses however its indices are set: a tensor's buffer, an operator's
+    opcode or tensors, a graph's inputs and outputs, a metadata entry's buffer are plain
+    numbers. The TFLite interpreter refuses a model whose numbers point past the end of their
+    lists (or whose quantization or constant data do not fit the tensor); workbench checks
+    the same when it opens a model, so that reading one (`inspect`) never indexes past a list
+    or, with a negative number, silently takes an element from the end.
+    """
+    buffers = max(len(model.buffers or []), 1)  # buffer 0, the empty one, is implied
+    codes = len(model.operatorCodes or [])
+    for s, subgraph in enumerate(model.subgraphs):
+        tensors = subgraph.tensors or []
+        count = len(tensors)
+        where = f" of subgraph {s}" if len(model.subgraphs) > 1 else ""
+
+        for name, values in (("inputs", subgraph.inputs), ("outputs", subgraph.outputs)):
+            bad = _outside(values, count)
+            if bad is not None:
+                return f"graph {name}{where} name tensor {bad}, but it has {count} tensors"
+        for t, tensor in enumerate(tensors):
+            problem = _tensor_problem(tensor, buffers, model.buffers or [])
+            if problem:
+                return f"tensor {t}{where} {problem}"
+        for o, op in enumerate(subgraph.operators or []):
+            if not 0 <= int(op.opcodeIndex) < codes:
+                return f"operator {o}{where} has opcode {op.opcodeIndex}, but there are {codes}"
+            for name, values, optional in (
+                ("input", op.inputs, True),
+                ("output", op.outputs, False),
+                ("intermediate", getattr(op, "intermediates", None), False),
+            ):
+                bad = _outside(values, count, allow_none=optional)
+                if bad is not None:
+                    return f"operator {o}{where} has {name} tensor {bad}, but there are {count}"
+    for entry in model.metadata or []:
+        if not 0 <= int(entry.buffer) < buffers:
+            return f"metadata {_entry_name(entry)!r} is in buffer {entry.buffer} of {buffers}"
+    if any(not 0 <= b < buffers for b in _indices(model.metadataBuffer)):
+        return f"a metadata buffer index is outside the {buffers} buffers"
+    for signature in model.signatureDefs or []:
+        index = int(signature.subgraphIndex or 0)
+        if not 0 <= index < len(model.subgraphs):
+            return f"a signature names subgraph {index} of {len(model.subgraphs)}"
+        count = len(model.subgraphs[index].tensors or [])
+        for entry in [*(signature.inputs or []), *(signature.outputs or [])]:
+            if not 0 <= int(entry.tensorIndex) < count:
+                return f"a signature names tensor {entry.tensorIndex} of {count}"
+    return None
+
+
+def _outside(values: Iterable[int] | None, count: int, allow_none: bool = False) -> int | None:
+    """The first of `values` that is no index into `count` tensors (-1, "no tensor", is one
+    where `allow_none`: an operator's optional input)."""
+    for value in _indices(values):
+        if not (0 <= value < count or (allow_none and value == -1)):
+            return value
+    return None
+
+
+def _tensor_problem(tensor: fb.TensorT, buffers: int, data: list[fb.BufferT]) -> str | None:
+    """What is wrong with one tensor's buffer, shape, quantization or constant data."""
+    if not 0 <= int(tensor.buffer) < buffers:
+        return f"points to buffer {tensor.buffer}, but the model has {buffers}"
+    shape = _indices(tensor.shape)
+    if any(d < 0 for d in shape):
+        return f"has a negative dimension in its shape {shape}"
+    q = tensor.quantization
+    scales = 0 if q is None or q.scale is None else len(q.scale)
+    zero_points = scales if q is None or q.zeroPoint is None else len(q.zeroPoint)
+    if scales and scales != zero_points:
+        return f"has {scales} quantization scales but {zero_points} zero points"
+    if q is not None and scales > 1:
+        axis = int(q.quantizedDimension)
+        if not 0 <= axis < len(shape) or shape[axis] != scales:
+            return f"has {scales} scales along axis {axis} of its shape {shape}"
+    dtype = DTYPE_OF_TENSOR_TYPE.get(tensor.type)
+    buffer = data[tensor.buffer] if int(tensor.buffer) < len(data) else None
+    stored = 0 if buffer is None or buffer.data is None else len(buffer.data)
+    if stored and dtype is not None and tensor.sparsity is None:
+        needed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if stored < needed:
+            return f"holds {stored} bytes of constant data, but its shape {shape} needs {needed}"
+    return None
 
 
 def custom_codes(data: bytes) -> set[str]:
@@ -248,8 +338,10 @@ class Graph:
         buffer = self.model.buffers[self.tensors[index].buffer]
         if buffer.data is None or len(buffer.data) == 0:
             return None
-        raw = np.asarray(buffer.data, dtype=np.uint8).tobytes()
-        return np.frombuffer(raw, dtype=self.dtype(index)).reshape(self.shape(index))
+        dtype, shape = self.dtype(index), self.shape(index)
+        size = int(np.prod(shape)) * dtype.itemsize  # a buffer may be longer (TFLite allows it)
+        raw = np.asarray(buffer.data, dtype=np.uint8)[:size].tobytes()
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
     def producer(self, tensor_index: int) -> int | None:
         """Index of the operator that writes the tensor, None for inputs and constants."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import re
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,15 @@ FLOAT_INPUT_MEAN = 127.5
 FLOAT_INPUT_STD = 127.5
 # int8 inputs get pixel - 128 (workbench.images.to_input), uint8 inputs the pixel itself.
 PIXEL_OFFSET = {"uint8": 0, "int8": -128}
+# The largest file read from a model's packed archive (workbench packs only a labels file):
+# an archive can claim gigabytes that a few bytes of deflated data expand to.
+MAX_PACKED_FILE_BYTES = 16 << 20
+# What a crafted archive can raise besides BadZipFile: an encrypted entry (RuntimeError), an
+# unknown compression (NotImplementedError), deflated data that is not (zlib.error), ...
+_ARCHIVE_ERRORS = (
+    zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, NotImplementedError, EOFError,
+    zlib.error, ValueError, OSError,
+)  # fmt: skip
 # A fixed timestamp keeps the packed archive, and so the model file, reproducible.
 _ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -109,11 +119,20 @@ def read_standard_metadata(model: bytes) -> dict[str, Any] | None:
 
 
 def packed_files(model: bytes) -> dict[str, bytes]:
-    """The files of the zip archive appended to the model, by name; empty without one."""
+    """The files of the zip archive appended to the model, by name; empty without one (or
+    with an archive that cannot be read). A file larger than MAX_PACKED_FILE_BYTES is a
+    WorkbenchError, before it is expanded."""
     try:
         with zipfile.ZipFile(io.BytesIO(model)) as archive:
-            return {entry.filename: archive.read(entry) for entry in archive.infolist()}
-    except zipfile.BadZipFile:
+            entries = archive.infolist()
+            for entry in entries:
+                if entry.file_size > MAX_PACKED_FILE_BYTES:
+                    raise WorkbenchError(
+                        f"the model's packed file {entry.filename!r} claims {entry.file_size:,} "
+                        f"bytes, more than the {MAX_PACKED_FILE_BYTES:,} workbench reads"
+                    )
+            return {entry.filename: archive.read(entry) for entry in entries}
+    except _ARCHIVE_ERRORS:
         return {}
 
 
