@@ -177,7 +177,10 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def many_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two classes of 150 256x256 PNGs each: an extraction that lasts long enough to kill."""
+    """Two classes of 600 256x256 PNGs each: an extraction that lasts long enough to kill.
+
+    (With 150 each it lasted about half a second: on a busy machine the signal once came
+    after the run had finished its work and was shutting down, and it exited 0.)"""
     root = tmp_path_factory.mktemp("many") / "data"
     rng = np.random.default_rng(0)
     for name in ("red", "blue"):
@@ -185,7 +188,7 @@ def many_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
         folder.mkdir(parents=True)
         source = folder / "source.png"
         class_image(name, rng, size=256, noise=8.0).save(source)
-        for i in range(150):
+        for i in range(600):
             shutil.copyfile(source, folder / f"{name}_{i:03d}.png")
         source.unlink()
     return root
@@ -514,7 +517,7 @@ def test_signal_during_extraction_leaves_earlier_outputs(
     many_images: Path,
     sig: signal.Signals,
 ) -> None:
-    """kill -9 / SIGTERM / SIGINT while 300 images are extracted: the earlier model, labels
+    """kill -9 / SIGTERM / SIGINT while 1,200 images are extracted: the earlier model, labels
     and reports at the same -o are unchanged; no traceback; a later run works."""
     files = copy_outputs(trained, tmp_path / "out" / "m.tflite")
     before = snapshot(files["model"].parent)
