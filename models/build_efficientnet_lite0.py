@@ -165,7 +165,7 @@ def image_files(folder: Path) -> list[Path]:
 
 def pixels_of(paths: list[Path]) -> np.ndarray:
     """Images as workbench feeds them: decoded, EXIF-rotated, RGB, bilinear 224x224."""
-    from workbench.images import Preprocessing, decode
+    from workbench.data.images import Preprocessing, decode
 
     prep = Preprocessing(SIZE, SIZE, "uint8")
     return np.stack([decode(p, prep) for p in paths]).astype(np.float32)
@@ -193,7 +193,7 @@ def quantize(extractor, calibration: np.ndarray) -> bytes:
 
 
 def run_tflite(model: bytes, images: np.ndarray) -> np.ndarray:
-    from workbench.runtime import load_model
+    from workbench.extract.runtime import load_model
 
     m = load_model("candidate", content=model)
     rows = [
@@ -287,7 +287,7 @@ def main() -> int:
     agreement = float(np.mean(float_logits.argmax(1) == quant_logits.argmax(1)))
     print(f"top-1 agreement float vs quantized on {len(held)} held-out photos: {agreement:.4f}")
 
-    from workbench.inspection import inspect_model
+    from workbench.report.inspection import inspect_model
 
     args.output.write_bytes(model)
     inspection = inspect_model(args.output)

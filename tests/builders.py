@@ -28,7 +28,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from workbench.cli import app
-from workbench.runtime import load_model
+from workbench.extract.runtime import load_model
 from workbench.tflite.graph import Graph, Quant
 from workbench.tflite.quant import quantize, quantize_bias, range_quant, symmetric_quant
 from workbench.tflite.schema import fb

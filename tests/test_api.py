@@ -15,8 +15,8 @@ import pytest
 
 import workbench as wb
 from tests.builders import make_dataset
-from workbench.progress import Reporter, WorkbenchWarning
-from workbench.runtime import load_model
+from workbench.core.progress import Reporter, WorkbenchWarning
+from workbench.extract.runtime import load_model
 from workbench.tflite.graph import Graph
 
 

@@ -11,7 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.builders import EMBEDDING_QUANT, clustered_features, embedding_graph, run_head
-from workbench.backprop import (
+from workbench.cli import app
+from workbench.core.options import BackpropOptions
+from workbench.core.progress import Fallback
+from workbench.heads.backprop import (
     EDGE_STEPS,
     REG_GRID,
     FeatureMap,
@@ -21,12 +24,9 @@ from workbench.backprop import (
     one_standard_error,
     sgd,
 )
-from workbench.cli import app
-from workbench.export import workbench_metadata
-from workbench.imprint import cosines, imprint
-from workbench.options import BackpropOptions
-from workbench.progress import Fallback
-from workbench.softmax_head import SoftmaxHead, imprinting_start
+from workbench.heads.imprint import cosines, imprint
+from workbench.heads.softmax_head import SoftmaxHead, imprinting_start
+from workbench.model.export import workbench_metadata
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import append_softmax_regression_tail
 

@@ -21,9 +21,9 @@ from tests.builders import (
     tiny_extractor,
     write_model,
 )
-from workbench.coral_format import imprinting_problems
-from workbench.export import workbench_metadata
-from workbench.images import Preprocessing, load_input
+from workbench.data.images import Preprocessing, load_input
+from workbench.heads.coral_format import imprinting_problems
+from workbench.model.export import workbench_metadata
 from workbench.tflite.graph import Graph
 
 REPORT_KEYS = {
@@ -283,7 +283,7 @@ def test_failed_run_leaves_previous_outputs_untouched(
 def test_python_api_runs_without_the_cli(
     tmp_path: Path, models: dict[str, Path], colors: Path
 ) -> None:
-    from workbench import api
+    from workbench.run import api
 
     result = api.imprint(colors, extractor=models["float32"], output=tmp_path / "api.tflite")
     assert result.model.exists() and result.report.top1 == 1.0

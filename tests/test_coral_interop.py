@@ -26,8 +26,8 @@ from tests.builders import (
     tiny_extractor,
     write_model,
 )
-from workbench import api
-from workbench.coral_format import imprinting_layout, imprinting_problems
+from workbench.extract.runtime import load_model
+from workbench.heads.coral_format import imprinting_layout, imprinting_problems
 from workbench.pycoral import (
     ImprintingEngine,
     SoftmaxRegression,
@@ -36,7 +36,7 @@ from workbench.pycoral import (
     make_interpreter,
     read_label_file,
 )
-from workbench.runtime import load_model
+from workbench.run import api
 from workbench.tflite.graph import Graph, Quant
 from workbench.tflite.heads import append_softmax_regression_tail
 from workbench.tflite.metadata import without_standard_metadata

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workbench.dataset import fingerprints, held_out_count, load_split, scan, split
-from workbench.errors import WorkbenchError
-from workbench.options import DataOptions, OptionError
+from workbench.core.errors import WorkbenchError
+from workbench.core.options import DataOptions, OptionError
+from workbench.data.dataset import fingerprints, held_out_count, load_split, scan, split
 
 
 def touch_images(folder: Path, names: list[str]) -> None:

@@ -14,7 +14,7 @@ different part of the declarations:
 
 The `dev` group holds tools that are run, never imported (ruff, mypy). tflite_runtime is never
 declared: Coral's Debian images install it beside libedgetpu, and workbench uses it only where
-it is importable instead of ai-edge-litert (workbench/runtime.py).
+it is importable instead of ai-edge-litert (workbench/extract/runtime.py).
 """
 
 from __future__ import annotations

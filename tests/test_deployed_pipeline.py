@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.builders import FLOWERS, assert_ok, class_image, invoke, shared_file
-from workbench.runtime import Interpreter
+from workbench.extract.runtime import Interpreter
 
 
 def plain_scores(model: Path, files: list[Path]) -> np.ndarray:

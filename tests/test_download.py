@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from workbench.cli import app
-from workbench.download import OXFORD17_CLASSES, get_dataset
+from workbench.data.download import OXFORD17_CLASSES, get_dataset
 
 runner = CliRunner()
 

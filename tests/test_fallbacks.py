@@ -25,10 +25,10 @@ from tests.builders import (
     warnings_of,
     write_model,
 )
-from workbench.imprint_head import BaseState, ImprintingHead
-from workbench.options import ImprintOptions
-from workbench.progress import Fallback, fallbacks
-from workbench.whitening import DecompositionError, symmetric_eigen
+from workbench.core.options import ImprintOptions
+from workbench.core.progress import Fallback, fallbacks
+from workbench.heads.imprint_head import BaseState, ImprintingHead
+from workbench.heads.whitening import DecompositionError, symmetric_eigen
 
 REAL_EIGH = np.linalg.eigh
 NOT_CONVERGED = "Eigenvalues did not converge"

@@ -17,9 +17,10 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.builders import CORAL_EXTRACTOR, FLOWERS, make_dataset, shared_file
-from workbench import imprint_head, training
 from workbench.cli import app
-from workbench.progress import Reporter
+from workbench.core.progress import Reporter
+from workbench.heads import imprint_head
+from workbench.run import training
 
 runner = CliRunner()
 TRAINERS = [("imprint",), ("imprint", "--no-whiten"), ("backprop",)]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tests.builders import CORAL, shared_file, tiny_extractor
-from workbench.errors import WorkbenchError
-from workbench.runtime import load_model
+from workbench.core.errors import WorkbenchError
+from workbench.extract.runtime import load_model
 from workbench.tflite.graph import BUFFER_ALIGNMENT, Graph, Quant
 from workbench.tflite.schema import fb
 

@@ -9,13 +9,13 @@ import pytest
 
 import workbench as wb
 from tests.builders import CORAL_EXTRACTOR, FLOWERS, shared_file
-from workbench.evaluate import Embeddings, evaluate_export, evaluate_model_on
-from workbench.export import workbench_metadata
-from workbench.extraction import run_cached
-from workbench.head_eval import head_graph, head_scores, pick_sample
-from workbench.metrics import confusion, per_class
-from workbench.progress import Reporter
-from workbench.runtime import load_model
+from workbench.core.progress import Reporter
+from workbench.extract.extraction import run_cached
+from workbench.extract.runtime import load_model
+from workbench.model.export import workbench_metadata
+from workbench.model.head_eval import head_graph, head_scores, pick_sample
+from workbench.report.metrics import confusion, per_class
+from workbench.run.evaluate import Embeddings, evaluate_export, evaluate_model_on
 from workbench.tflite.graph import Graph
 
 

@@ -17,9 +17,9 @@ from tests.builders import (
     quantize_input,
     run_head,
 )
-from workbench.coral_format import imprinting_layout, imprinting_problems
-from workbench.imprint_head import ImprintingHead
-from workbench.options import ImprintOptions
+from workbench.core.options import ImprintOptions
+from workbench.heads.coral_format import imprinting_layout, imprinting_problems
+from workbench.heads.imprint_head import ImprintingHead
 from workbench.tflite.graph import Quant
 from workbench.tflite.heads import append_imprinting_tail
 

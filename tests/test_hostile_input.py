@@ -31,9 +31,10 @@ from tests.builders import (
     run_cli,
     warnings_of,
 )
-from workbench.evaluate import score
 from workbench.pycoral.softmax_regression import SoftmaxRegression
-from workbench.report import Report
+from workbench.report.html import rendered
+from workbench.report.record import Report
+from workbench.run.evaluate import score
 from workbench.tflite.graph import Graph
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -414,7 +415,7 @@ def test_staged_files_of_a_run_killed_a_moment_ago_are_removed_by_the_next(
         [
             sys.executable, "-c",
             "import sys, time\n"
-            "from workbench.outputs import StagedFiles\n"
+            "from workbench.core.outputs import StagedFiles\n"
             "staged = StagedFiles().__enter__()\n"
             "for name in sys.argv[1:]:\n"
             "    staged.stage(name, b'half of a model')\n"
@@ -526,7 +527,7 @@ def test_report_of_2000_classes_is_proportionate_and_times_its_writing() -> None
     made a 37 MB JSON), and the report's timing includes writing them."""
     report = big_report(2000)
     started = time.perf_counter()
-    data, page = report.rendered(started)
+    data, page = rendered(report, started)
     assert len(data) < 2000 * 700 and len(page) < 2000 * 700, (len(data), len(page))
     written = json.loads(data)
     assert "confusion_matrix" not in written  # in full only up to DENSE_CONFUSION_MAX classes
@@ -538,7 +539,7 @@ def test_report_of_2000_classes_is_proportionate_and_times_its_writing() -> None
     assert again.confusion == report.confusion
     assert sum(map(sum, again.confusion_matrix)) == 2000  # the full matrix, on demand
     small = big_report(12)
-    assert json.loads(small.rendered(started)[0])["confusion_matrix"] == small.confusion_matrix
+    assert json.loads(rendered(small, started)[0])["confusion_matrix"] == small.confusion_matrix
 
 
 def test_report_written_before_sparse_confusion_still_reads() -> None:
@@ -556,7 +557,10 @@ def test_report_written_before_sparse_confusion_still_reads() -> None:
 
 def test_readme_states_every_limit_the_code_enforces() -> None:
     """The README's "Limits" section names each limit with the value the code enforces."""
-    from workbench import dataset, export, images, outputs, report, report_html
+    from workbench.core import jsonfile, outputs
+    from workbench.data import dataset, images, labels
+    from workbench.report import html as report_html
+    from workbench.report import record as report
     from workbench.tflite import metadata
 
     text = README.read_text()
@@ -567,10 +571,10 @@ def test_readme_states_every_limit_the_code_enforces() -> None:
         "images per class (default cap)": "200 training images per class",
         "pixels": f"{images.MAX_PIXELS // 1_000_000} megapixels",
         "nesting": f"{dataset.MAX_DEPTH} folder levels",
-        "labels": f"{export.MAX_LABELS:,} labels",
-        "labels file": f"{export.MAX_LABELS_BYTES >> 20} MiB",
+        "labels": f"{labels.MAX_LABELS:,} labels",
+        "labels file": f"{labels.MAX_LABELS_BYTES >> 20} MiB",
         "packed labels": f"{metadata.MAX_PACKED_FILE_BYTES >> 20} MiB",
-        "JSON depth": f"{report.MAX_JSON_DEPTH} levels",
+        "JSON depth": f"{jsonfile.MAX_JSON_DEPTH} levels",
         "full confusion matrix": f"{report.DENSE_CONFUSION_MAX} classes",
         "heatmap": f"{report_html.HEATMAP_MAX_CLASSES} classes",
         "file names": f"{outputs.DEFAULT_NAME_MAX} bytes",

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workbench import images
-from workbench.images import ImageError, Preprocessing, decode, load_input, to_input
+from workbench.data import images
+from workbench.data.images import ImageError, Preprocessing, decode, load_input, to_input
 
 PREP = Preprocessing(width=16, height=8, dtype="uint8", draft=False)
 

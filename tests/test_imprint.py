@@ -3,19 +3,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench.calibration import cosine_window, scale_floor
-from workbench.crossval import has_own_class, stratified_folds
-from workbench.errors import WorkbenchError
-from workbench.imprint import (
+from workbench.core.errors import WorkbenchError
+from workbench.core.options import ImprintOptions
+from workbench.heads.calibration import cosine_window, scale_floor
+from workbench.heads.crossval import has_own_class, stratified_folds
+from workbench.heads.imprint import (
     cosines,
     imprint,
     l2_normalize,
     leave_one_out_cosines,
 )
-from workbench.imprint_cv import PLAIN, best_temperature, cross_validate
-from workbench.imprint_head import ImprintingHead
-from workbench.options import ImprintOptions
-from workbench.whitening import fit_whitening, within_class_basis, within_class_scatter
+from workbench.heads.imprint_cv import PLAIN, best_temperature, cross_validate
+from workbench.heads.imprint_head import ImprintingHead
+from workbench.heads.whitening import fit_whitening, within_class_basis, within_class_scatter
 
 
 def clusters(
@@ -201,7 +201,7 @@ def test_whitening_turns_down_nuisance_directions_and_helps_imprinting() -> None
 
 
 def test_whitening_statistics_survive_a_model_file_and_pool() -> None:
-    from workbench.whitening import Whitening, fit_whitening
+    from workbench.heads.whitening import Whitening, fit_whitening
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(60, 6)) * [5, 1, 1, 0.5, 2, 1]
@@ -226,7 +226,7 @@ def test_folds_in_threads_give_the_same_scores_as_one_at_a_time(
 ) -> None:
     from threadpoolctl import threadpool_limits
 
-    import workbench.imprint_cv as imprint_cv
+    import workbench.heads.imprint_cv as imprint_cv
 
     x, y = clusters(30, classes=4, dim=40, noise=1.0)
     candidates = [PLAIN, 1.0, 4.0]
@@ -241,7 +241,7 @@ def test_folds_in_threads_give_the_same_scores_as_one_at_a_time(
 
 
 def test_whitening_from_a_known_decomposition_is_the_direct_one() -> None:
-    from workbench.whitening import scatter_eigen
+    from workbench.heads.whitening import scatter_eigen
 
     # more images than dimensions (the scatter's own decomposition) and fewer (the Gram form,
     # whose eigenvectors leave out the directions of eigenvalue 0)
@@ -258,8 +258,8 @@ def test_whitening_from_a_known_decomposition_is_the_direct_one() -> None:
 def test_decomposition_beside_the_folds_is_the_same_as_alone() -> None:
     from threadpoolctl import threadpool_limits
 
-    from workbench.imprint_head import cross_validate_and_decompose
-    from workbench.whitening import scatter_eigen
+    from workbench.heads.imprint_head import cross_validate_and_decompose
+    from workbench.heads.whitening import scatter_eigen
 
     x, y = clusters(30, classes=4, dim=40, noise=1.0)
     candidates = [PLAIN, 1.0, 4.0]

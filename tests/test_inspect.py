@@ -21,8 +21,8 @@ from tests.builders import (
     write_model,
 )
 from workbench.cli import app
-from workbench.export import set_workbench_metadata
-from workbench.inspection import inspect_model
+from workbench.model.export import set_workbench_metadata
+from workbench.report.inspection import inspect_model
 from workbench.tflite.graph import Graph, Quant
 from workbench.tflite.heads import append_imprinting_tail, append_softmax_regression_tail
 from workbench.tflite.schema import fb

@@ -37,7 +37,7 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 
 from tests.builders import CORAL, FLOWERS, shared_file
-from workbench.images import Preprocessing, decode
+from workbench.data.images import Preprocessing, decode
 
 pytestmark = pytest.mark.shared
 

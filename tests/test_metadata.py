@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 
 from tests.conftest import CORAL, shared_file
 from workbench.cli import app
-from workbench.errors import WorkbenchError
-from workbench.export import METADATA_NAME
-from workbench.images import Preprocessing, load_input, to_input
-from workbench.imprint_head import WHITENING_METADATA
-from workbench.tflite import metadata_schema as ms
+from workbench.core.errors import WorkbenchError
+from workbench.data.images import Preprocessing, load_input, to_input
+from workbench.heads.imprint_head import WHITENING_METADATA
+from workbench.model.export import METADATA_NAME
+from workbench.tflite.generated import metadata_schema as ms
 from workbench.tflite.graph import Graph
 from workbench.tflite.metadata import (
     LABELS_FILE_NAME,

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from tests.builders import FLOWERS, shared_file
 from workbench.cli import app
-from workbench.inspection import inspect_model
+from workbench.extract.runtime import load_model
 from workbench.models import DEFAULT_EXTRACTOR, bundled_model
-from workbench.runtime import load_model
+from workbench.report.inspection import inspect_model
 
 runner = CliRunner()
 README = Path(__file__).resolve().parents[1] / "models" / "README.md"

@@ -52,14 +52,14 @@ from tests.builders import (
     write_model,
 )
 from workbench.cli import app
-from workbench.coral_format import imprinting_problems, training_state_text
-from workbench.images import Preprocessing, decode
+from workbench.data.images import Preprocessing, decode
+from workbench.extract.runtime import EDGETPU_LIBRARY
+from workbench.heads.coral_format import imprinting_problems, training_state_text
+from workbench.model.surgery import cut_at
 from workbench.pycoral import classify, common, dataset, edgetpu
 from workbench.pycoral.edgetpu import list_edge_tpus, make_interpreter
 from workbench.pycoral.imprinting import ImprintingEngine
 from workbench.pycoral.softmax_regression import SoftmaxRegression
-from workbench.runtime import EDGETPU_LIBRARY
-from workbench.surgery import cut_at
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import append_imprinting_tail
 from workbench.tflite.quant import dequantize

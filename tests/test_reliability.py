@@ -46,9 +46,9 @@ from tests.builders import (
     warnings_of,
     write_model,
 )
-from workbench.export import workbench_metadata
-from workbench.images import Preprocessing, decode, load_input
-from workbench.runtime import load_model
+from workbench.data.images import Preprocessing, decode, load_input
+from workbench.extract.runtime import load_model
+from workbench.model.export import workbench_metadata
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import append_softmax_regression_tail
 
@@ -1397,7 +1397,7 @@ def test_unknown_device_is_refused(tmp_path: Path, trained: Path, small: Path, u
     assert list(tmp_path.iterdir()) == []
 
 
-# Metadata entries workbench writes into a model (names as `workbench.training` writes them).
+# Metadata entries workbench writes into a model (names as `workbench.run.training` writes them).
 TRAINING_FILES = "workbench_training_files"
 
 

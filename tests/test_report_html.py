@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from workbench.report_html import render_curve, render_report, thumbnail_data_uri
-from workbench.report_svg import confusion_order
+from workbench.report.html import render_curve, render_report, thumbnail_data_uri
+from workbench.report.svg import confusion_order
 
 FLOWERS = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
 FLOWER_MATRIX = [
@@ -296,8 +296,8 @@ def test_terminal_report_says_training_images_were_scored(
 ) -> None:
     from rich.console import Console
 
-    from workbench.display import print_report
-    from workbench.report import Report
+    from workbench.report.display import print_report
+    from workbench.report.record import Report
 
     flower_report.update(evaluation={"method": "given split", "overlap": 312}, split={})
     console = Console(width=80, record=True, color_system=None)
@@ -739,7 +739,7 @@ def test_terminal_progress_fits_80_columns_and_spins_when_length_unknown() -> No
     """Backprop's live line at 80 columns, and a spinner for a step of unknown length."""
     from rich.console import Console
 
-    from workbench.display import ConsoleReporter
+    from workbench.report.display import ConsoleReporter
 
     buffer = io.StringIO()
     console = Console(file=buffer, width=80, force_terminal=True, color_system=None)

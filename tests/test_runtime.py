@@ -13,8 +13,8 @@ from tests.builders import (
     tiny_extractor,
     write_model,
 )
-from workbench.errors import WorkbenchError
-from workbench.runtime import RUNTIME_NAME, load_model
+from workbench.core.errors import WorkbenchError
+from workbench.extract.runtime import RUNTIME_NAME, load_model
 from workbench.tflite.graph import Graph
 from workbench.tflite.schema import fb
 

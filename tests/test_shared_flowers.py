@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from tests.builders import CORAL, CORAL_EXTRACTOR, FLOWERS, no_edgetpu_runtime, shared_file
 from workbench.cli import app
-from workbench.images import Preprocessing, load_input
+from workbench.data.images import Preprocessing, load_input
 
 pytestmark = pytest.mark.shared
 runner = CliRunner()

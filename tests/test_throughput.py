@@ -13,13 +13,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.builders import make_dataset
-from workbench.bench import WHOLE_RUN_PAIRS, classes_in_turn
-from workbench.cache import FileKey, OutputCache
 from workbench.cli import app
-from workbench.dataset import scan
-from workbench.embeddings import run_model
-from workbench.images import ImageError, Preprocessing, load_input
-from workbench.runtime import load_model
+from workbench.data.dataset import scan
+from workbench.data.images import ImageError, Preprocessing, load_input
+from workbench.extract.cache import FileKey, OutputCache
+from workbench.extract.embeddings import run_model
+from workbench.extract.runtime import load_model
+from workbench.run.bench import WHOLE_RUN_PAIRS, classes_in_turn
 
 runner = CliRunner()
 

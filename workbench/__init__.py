@@ -11,25 +11,25 @@ One call per command, plus the heads for users who already have embeddings:
     >>> head = wb.ImprintingHead.fit(emb.train_x, emb.train_y)
     >>> model, labels = head.export(emb.extractor, "out.tflite", labels=emb.classes)
 
-See `workbench.api` and README.md ("Python API"). The examples run as doctests on a small
+See `workbench.run.api` and README.md ("Python API"). The examples run as doctests on a small
 `flowers/` folder (tests/test_docs.py).
 """
 
 __version__ = "0.1.0"
 
-from workbench.api import Embeddings, backprop, classify, embed, evaluate, imprint
-from workbench.errors import WorkbenchError
-from workbench.imprint_head import ImprintingHead
-from workbench.options import (
+from workbench.core.errors import WorkbenchError
+from workbench.core.options import (
     BackpropOptions,
     DataOptions,
     ImprintOptions,
     OptionError,
     RunOptions,
 )
-from workbench.report import Report
-from workbench.softmax_head import SoftmaxHead
-from workbench.training import TrainingResult
+from workbench.heads.imprint_head import ImprintingHead
+from workbench.heads.softmax_head import SoftmaxHead
+from workbench.report.record import Report
+from workbench.run.api import Embeddings, backprop, classify, embed, evaluate, imprint
+from workbench.run.training import TrainingResult
 
 __all__ = [
     "BackpropOptions",

@@ -17,9 +17,9 @@ from typing import Annotated, Any, TypeVar
 import typer
 from typer.core import TyperGroup
 
-from workbench import __version__
-from workbench.errors import WorkbenchError
-from workbench.options import (
+from workbench.core import __version__
+from workbench.core.errors import WorkbenchError
+from workbench.core.options import (
     BackpropOptions,
     DataOptions,
     ImprintOptions,
@@ -28,7 +28,7 @@ from workbench.options import (
     real,
     whole,
 )
-from workbench.terminal import PlainConsole, visible
+from workbench.core.terminal import PlainConsole, visible
 
 EXIT_BAD_INPUT = 2
 
@@ -219,7 +219,7 @@ DataDirArg = Annotated[Path, typer.Argument(help="Folder with one sub-folder of 
 
 
 def _print_training(result: Any, json_output: bool) -> None:
-    from workbench.display import print_outputs, print_report
+    from workbench.report.display import print_outputs, print_report
 
     if json_output:
         emit_json(result.report.to_json())
@@ -283,8 +283,8 @@ def imprint(
     json_output: JsonOpt = False,
 ) -> None:
     """Weight imprinting: a classifier from a few images per class, in seconds."""
-    from workbench import api
-    from workbench.display import ConsoleReporter
+    from workbench.report.display import ConsoleReporter
+    from workbench.run import api
 
     result = api.imprint(
         data_dir, base=base, keep_classes=keep_classes, base_labels=base_labels,
@@ -327,8 +327,8 @@ def backprop(
     json_output: JsonOpt = False,
 ) -> None:
     """Last-layer backprop: softmax regression trained with SGD, exported as FC + softmax."""
-    from workbench import api
-    from workbench.display import ConsoleReporter
+    from workbench.report.display import ConsoleReporter
+    from workbench.run import api
 
     result = api.backprop(
         data_dir, reporter=ConsoleReporter(stderr()), epochs=epochs,
@@ -377,8 +377,8 @@ def evaluate(
     json_output: JsonOpt = False,
 ) -> None:
     """Accuracy of a model on held-out images of a data folder (by default its own split)."""
-    from workbench import api
-    from workbench.display import ConsoleReporter, print_report
+    from workbench.report.display import ConsoleReporter, print_report
+    from workbench.run import api
 
     given = {"test_ratio": test_ratio, "max_per_class": max_per_class, "seed": seed}
     target = _evaluation_target(model, output, data_dir, [labels, split])
@@ -400,7 +400,7 @@ def _evaluation_target(
     model: Path, output: Path | None, data_dir: Path, reads: list[Path | None]
 ) -> Path:
     """Where evaluate's report goes, checked before any work (never on an input)."""
-    from workbench.outputs import check_outputs
+    from workbench.core.outputs import check_outputs
 
     name = str(model)
     stem = name[: -len(".tflite")] if name.endswith(".tflite") else name
@@ -412,8 +412,8 @@ def _evaluation_target(
 
 
 def _write_report(report: Any, target: Path) -> Path:
-    from workbench.outputs import write_files_atomically
-    from workbench.report_html import render_report
+    from workbench.core.outputs import write_files_atomically
+    from workbench.report.html import render_report
 
     html = target.with_name(target.name.removesuffix(".json") + ".html")
     page = render_report(report.to_json())
@@ -446,8 +446,8 @@ def curve(
     json_output: JsonOpt = False,
 ) -> None:
     """Learning curve: held-out top-1 of each trainer at 1, 2, 5 ... images per class."""
-    from workbench.curve import learning_curve
-    from workbench.display import ConsoleReporter, curve_table
+    from workbench.report.display import ConsoleReporter, curve_table
+    from workbench.run.curve import learning_curve
 
     result = learning_curve(
         data_dir,
@@ -487,9 +487,9 @@ def report(
     json_output: JsonOpt = False,
 ) -> None:
     """Render a report (imprint, backprop, evaluate or curve --json) as one HTML page."""
-    from workbench.outputs import check_outputs, write_files_atomically
-    from workbench.report import Report
-    from workbench.report_html import render_curve, render_report
+    from workbench.core.outputs import check_outputs, write_files_atomically
+    from workbench.report.html import render_curve, render_report
+    from workbench.report.record import Report
 
     data = Report.read_json(report_json)
     name = str(report_json)
@@ -536,8 +536,8 @@ def classify(
     json_output: JsonOpt = False,
 ) -> None:
     """Top classes of each image with scores, and the inference time."""
-    from workbench.classify import classify_images, print_classification
-    from workbench.display import ConsoleReporter
+    from workbench.report.display import ConsoleReporter
+    from workbench.run.classify import classify_images, print_classification
 
     _checked(whole, "top_k", top_k, 1, 100_000)
     _checked(whole, "repeat", repeat, 0, 100_000)
@@ -568,14 +568,14 @@ def inspect(
 
     Exit code 0: it all runs on the Edge TPU; 1: part or all of it would run on the CPU.
     """
-    from workbench.inspection import inspect_model
+    from workbench.report.inspection import inspect_model
 
     _checked(whole, "runtime_version", runtime_version, 10, 99)
     result = inspect_model(model, runtime_version)
     if json_output:
         emit_json(result.to_json())
     else:
-        from workbench.display import print_inspection
+        from workbench.report.display import print_inspection
 
         print_inspection(stdout(), result)
     raise typer.Exit(result.exit_code)
@@ -598,13 +598,13 @@ def extractor(
     json_output: JsonOpt = False,
 ) -> None:
     """Cut a classifier at its embedding: an extractor for imprint and backprop."""
-    from workbench.surgery import write_extractor
+    from workbench.model.surgery import write_extractor
 
     info = write_extractor(classifier, output, tensor)
     if json_output:
         emit_json(info)
     else:
-        from workbench.display import key_value_table
+        from workbench.report.display import key_value_table
 
         stdout().print(key_value_table(f"Extractor cut from {classifier.name}", info))
 
@@ -613,7 +613,7 @@ def extractor(
 @handles_bad_input
 def devices(json_output: JsonOpt = False) -> None:
     """List the Edge TPUs this machine can use (through libedgetpu's C API)."""
-    from workbench.runtime import INSTALL_HINT, list_edge_tpus
+    from workbench.extract.runtime import INSTALL_HINT, list_edge_tpus
 
     found = list_edge_tpus()
     if json_output:
@@ -655,9 +655,9 @@ def datasets_get(
     json_output: JsonOpt = False,
 ) -> None:
     """Download a dataset (resumable, checksummed) and unpack it as one folder per class."""
-    from workbench.dataset import scan
-    from workbench.display import ConsoleReporter
-    from workbench.download import get_dataset
+    from workbench.data.dataset import scan
+    from workbench.data.download import get_dataset
+    from workbench.report.display import ConsoleReporter
 
     target = get_dataset(name, root, url, sha256, ConsoleReporter(stderr()))
     found = scan(target)
@@ -670,7 +670,7 @@ def datasets_get(
 @datasets_app.command("list")
 def datasets_list(json_output: JsonOpt = False) -> None:
     """The datasets `workbench datasets get` knows."""
-    from workbench.download import SOURCES
+    from workbench.data.download import SOURCES
 
     if json_output:
         emit_json(
@@ -700,7 +700,7 @@ def bench_backprop_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Time backprop training (all of it: cross-validation, conditioning, SGD)."""
-    from workbench.bench import bench_backprop
+    from workbench.run.bench import bench_backprop
 
     _checked(whole, "classes", classes, 2, 10_000)
     _checked(whole, "samples", samples, 3 * classes, 10_000_000)
@@ -715,7 +715,7 @@ def bench_backprop_command(
     if json_output:
         emit_json(result)
     else:
-        from workbench.display import key_value_table
+        from workbench.report.display import key_value_table
 
         stdout().print(key_value_table("backprop training", result))
 
@@ -732,9 +732,9 @@ def bench_pipeline_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Embedding throughput: Coral's demo loop, invoke alone, workbench cold and warm."""
-    from workbench.bench import bench_pipeline
-    from workbench.display import ConsoleReporter
-    from workbench.trainers import bundled_source
+    from workbench.report.display import ConsoleReporter
+    from workbench.run.bench import bench_pipeline
+    from workbench.run.trainers import bundled_source
 
     if limit is not None:
         _checked(whole, "limit", limit, 1, 10_000_000)
@@ -743,7 +743,7 @@ def bench_pipeline_command(
     if json_output:
         emit_json(result)
         return
-    from workbench.display import key_value_table
+    from workbench.report.display import key_value_table
 
     flat = {k: v for k, v in result.items() if k not in ("ms_per_image", "pairs")}
     flat.update({f"ms per image, {k}": v for k, v in result["ms_per_image"].items()})
@@ -761,14 +761,14 @@ def bench_model_command(
     json_output: JsonOpt = False,
 ) -> None:
     """Latency of one model: first invoke and steady state (min, median, p90)."""
-    from workbench.bench import bench_model
+    from workbench.run.bench import bench_model
 
     _checked(whole, "runs", runs, 1, 1_000_000)
     result = bench_model(model, device, runs)
     if json_output:
         emit_json(result)
     else:
-        from workbench.display import key_value_table
+        from workbench.report.display import key_value_table
 
         stdout().print(key_value_table("Model latency", result))
 

@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from workbench.errors import WorkbenchError
-from workbench.progress import WorkbenchWarning
-from workbench.pycoral.dataset import read_label_file
-from workbench.runtime import (
+from workbench.core.errors import WorkbenchError
+from workbench.core.progress import WorkbenchWarning
+from workbench.extract.runtime import (
     DEVICE_PATTERN,
     EDGETPU_LIBRARY,
     INSTALL_HINT,
@@ -28,7 +27,8 @@ from workbench.runtime import (
     edgetpu_delegate,
     load_delegate,
 )
-from workbench.runtime import list_edge_tpus as _list_edge_tpus
+from workbench.extract.runtime import list_edge_tpus as _list_edge_tpus
+from workbench.pycoral.dataset import read_label_file
 from workbench.tflite.graph import Graph, read_model_bytes
 
 __all__ = [

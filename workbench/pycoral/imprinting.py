@@ -13,22 +13,22 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.calibration import best_cosine_floor, cosine_window, scale_floor
-from workbench.coral_format import (
+from workbench.core.errors import WorkbenchError
+from workbench.heads.calibration import best_cosine_floor, cosine_window, scale_floor
+from workbench.heads.coral_format import (
     TAIL,
     imprinting_problems,
     read_imprinting_model,
     training_state_text,
 )
-from workbench.errors import WorkbenchError
-from workbench.export import pycoral_model_bytes, set_workbench_metadata
-from workbench.imprint import (
+from workbench.heads.imprint import (
     ImprintedClasses,
     l2_normalize,
     leave_one_out_cosines,
     widened,
 )
-from workbench.surgery import copy_graph
+from workbench.model.export import pycoral_model_bytes, set_workbench_metadata
+from workbench.model.surgery import copy_graph
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import append_imprinting_tail
 
@@ -155,7 +155,7 @@ class ImprintingEngine:
         """The retrained model: extractor + Coral's imprinting tail, training state included.
 
         The 8-bit cosine window is set for images the engine never saw: from leave-one-out
-        cosines of the images trained here (`workbench.calibration.cosine_window`), its bottom
+        cosines of the images trained here (`workbench.heads.calibration.cosine_window`), its bottom
         no higher than any of them and, with too few to estimate it, the analytic bound;
         widened to the base model's window when its classes are kept, with
         a scale factor no lower than the one at which adjacent cosine levels still give

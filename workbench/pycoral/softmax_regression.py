@@ -5,7 +5,7 @@ replacement for `num_iter` iterations, plain SGD, and the FC + softmax layer app
 extractor with Coral's quantization. One deliberate difference: `reg` enters the gradient
 (pycoral only adds it to the printed loss), so a non-zero `reg` regularizes as documented.
 For workbench's own trainer (epochs, momentum, validation-based selection) see
-`workbench.backprop`.
+`workbench.heads.backprop`.
 
 Arguments are checked where pycoral's binding takes them (the constructor, `train_with_sgd`):
 one that is not a number of the right kind is a TypeError, as pybind11's "incompatible
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from workbench.backprop import SoftmaxRegression as _Model
-from workbench.errors import WorkbenchError
-from workbench.export import pycoral_model_bytes, set_workbench_metadata
+from workbench.core.errors import WorkbenchError
+from workbench.heads.backprop import SoftmaxRegression as _Model
+from workbench.model.export import pycoral_model_bytes, set_workbench_metadata
 from workbench.tflite.graph import Graph
 from workbench.tflite.heads import append_softmax_regression_tail, embedding_output
 from workbench.tflite.quant import representable

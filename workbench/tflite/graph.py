@@ -14,7 +14,7 @@ from pathlib import Path
 import flatbuffers
 import numpy as np
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.tflite.schema import (
     DTYPE_OF_TENSOR_TYPE,
     TENSOR_TYPE_OF_DTYPE,

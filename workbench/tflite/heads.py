@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 from workbench.tflite.graph import Graph, Quant
 from workbench.tflite.quant import (
     quantize,
@@ -285,7 +285,7 @@ def append_softmax_regression_tail(
     uint8 extractors get asymmetric uint8 weights (range including 0), as Coral writes them;
     int8 extractors symmetric int8 weights (TFLite's int8 kernels require zero point 0). The
     bias is int32 with scale = input scale x weight scale; the logits are quantized over
-    `logit_range` (chosen on held-out images, see `workbench.calibration.logit_window`),
+    `logit_range` (chosen on held-out images, see `workbench.heads.calibration.logit_window`),
     shifted by a bias of -lo to [0, hi - lo] as the imprinting window is: an 8-bit range must
     include 0, and the softmax ignores a shift shared by all classes.
     """

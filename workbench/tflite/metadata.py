@@ -25,17 +25,18 @@ from typing import Any
 import flatbuffers
 import numpy as np
 
-from workbench.errors import WorkbenchError
-from workbench.tflite import metadata_schema as ms
+from workbench.core.errors import WorkbenchError
+from workbench.tflite.generated import metadata_schema as ms
 from workbench.tflite.graph import Graph
+from workbench.tflite.quant import representable
 
 STANDARD_METADATA_NAME = "TFLITE_METADATA"
 METADATA_FILE_IDENTIFIER = b"M001"
 LABELS_FILE_NAME = "labels.txt"
-# Float inputs get (pixel - 127.5) / 127.5, as workbench.images.Preprocessing feeds them.
+# Float inputs get (pixel - 127.5) / 127.5, as workbench.data.images.Preprocessing feeds them.
 FLOAT_INPUT_MEAN = 127.5
 FLOAT_INPUT_STD = 127.5
-# int8 inputs get pixel - 128 (workbench.images.to_input), uint8 inputs the pixel itself.
+# int8 inputs get pixel - 128 (workbench.data.images.to_input), uint8 inputs the pixel itself.
 PIXEL_OFFSET = {"uint8": 0, "int8": -128}
 # The largest file read from a model's packed archive (workbench packs only a labels file):
 # an archive can claim gigabytes that a few bytes of deflated data expand to.
@@ -325,8 +326,6 @@ def _embedding_output(graph: Graph, info: ModelMetadata) -> ms.TensorMetadataT:
     tensor.content = _content(ms.ContentProperties.FeatureProperties, ms.FeaturePropertiesT())
     quant = graph.quant(index)
     if quant is not None and graph.dtype(index).name in PIXEL_OFFSET:
-        from workbench.tflite.quant import representable
-
         tensor.stats = _stats(*representable(quant, graph.dtype(index)))
     return tensor
 
