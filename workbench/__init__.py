@@ -8,6 +8,7 @@ One call per command, plus the heads for users who already have embeddings:
     >>> report = wb.evaluate("f.tflite", "flowers/")
     >>> top = wb.classify("f.tflite", ["flowers/daisy"])
     >>> emb = wb.embed("flowers/")
+    >>> frames = [r.top[0]["label"] for r in wb.live("f.tflite", source="flowers/daisy")]
     >>> head = wb.ImprintingHead.fit(emb.train_x, emb.train_y)
     >>> model, labels = head.export(emb.extractor, "out.tflite", labels=emb.classes)
 
@@ -28,7 +29,16 @@ from workbench.core.options import (
 from workbench.heads.imprint_head import ImprintingHead
 from workbench.heads.softmax_head import SoftmaxHead
 from workbench.report.record import Report
-from workbench.run.api import Embeddings, backprop, classify, embed, evaluate, imprint
+from workbench.run.api import (
+    Embeddings,
+    backprop,
+    capture,
+    classify,
+    embed,
+    evaluate,
+    imprint,
+    live,
+)
 from workbench.run.training import TrainingResult
 
 __all__ = [
@@ -45,8 +55,10 @@ __all__ = [
     "WorkbenchError",
     "__version__",
     "backprop",
+    "capture",
     "classify",
     "embed",
     "evaluate",
     "imprint",
+    "live",
 ]

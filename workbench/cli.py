@@ -635,6 +635,122 @@ def devices(json_output: JsonOpt = False) -> None:
     stdout().print(table)
 
 
+SourceOpt = Annotated[
+    str,
+    typer.Option(
+        "--source", "-s",
+        help="A camera index (0), a device (/dev/video2), picam (the Raspberry Pi camera), "
+        "a stream URL, a video file, or a folder of images.",
+    ),
+]  # fmt: skip
+
+
+@app.command()
+@handles_bad_input
+def live(
+    model: Annotated[Path, typer.Argument(help="Classification model .tflite.")],
+    source: SourceOpt = "0",
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels", help="Labels file (default: MODEL.txt, else the model's metadata)."
+        ),
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to show per frame.")] = 3,
+    threshold: Annotated[
+        float, typer.Option("--threshold", help="Show only classes scoring at least this.")
+    ] = 0.0,
+    every: Annotated[int, typer.Option("--every", help="Classify one frame in N.")] = 1,
+    save: Annotated[
+        Path | None,
+        typer.Option(
+            "--save",
+            help="Write the frames with label, score and FPS drawn on them (.mp4 or .avi).",
+        ),
+    ] = None,
+    fps: Annotated[
+        float | None,
+        typer.Option(
+            "--fps",
+            help="Play a video file or folder as a live source at this rate "
+            "(frames the model cannot keep up with are dropped).",
+        ),
+    ] = None,
+    device: DeviceOpt = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON line per classified frame, then a summary.")
+    ] = False,
+) -> None:
+    """Classify a camera, stream, video or folder frame by frame; Ctrl-C ends it."""
+    from workbench.report.display import LiveDisplay
+    from workbench.run.live import AnnotatedVideo, check_save_target
+    from workbench.run.live import live as live_run
+
+    _checked(whole, "top_k", top_k, 1, 100_000)
+    _checked(whole, "every", every, 1, 1_000_000)
+    _checked(real, "threshold", threshold, 0.0, 1.0)
+    if fps is not None:
+        _checked(real, "fps", fps, 0.0, 10_000.0, True)
+    video = None
+    if save is not None:
+        check_save_target(save, source)
+        video = AnnotatedVideo(save, fps or 0.0)
+    run = live_run(model, source, labels=labels, top_k=top_k, threshold=threshold,
+                   every=every, device=device, fps=fps)  # fmt: skip
+    if video is not None:
+        video.fps = video.fps if fps else (getattr(run.source, "fps", 0.0) or 30.0)
+        run.on_frame = video.write
+    display = LiveDisplay(stdout(), stderr(), json_output)
+    try:
+        try:
+            for result in run:
+                display.show(result, run.summary)
+        except KeyboardInterrupt:
+            pass  # the usual way to end a live source: the summary follows
+    except BaseException:
+        if video is not None:
+            video.discard()
+        raise
+    if video is not None:
+        video.finish()
+        run.summary.saved = str(save)
+    display.finish(run.summary)
+
+
+@app.command()
+@handles_bad_input
+def capture(
+    folder: Annotated[
+        Path, typer.Argument(help="The class folder to fill: DATA/CLASS (made if missing).")
+    ],
+    source: SourceOpt = "0",
+    count: Annotated[int, typer.Option("--count", "-n", help="Frames to save.")] = 10,
+    interval: Annotated[
+        float,
+        typer.Option("--interval", help="Seconds between frames (of the video's time for a file)."),
+    ] = 1.0,
+    countdown: Annotated[
+        int, typer.Option("--countdown", help="Seconds to wait before a camera's first frame.")
+    ] = 3,
+    json_output: JsonOpt = False,
+) -> None:
+    """Save frames of a camera or video as JPEGs into a class folder, for `imprint`."""
+    from workbench.report.display import ConsoleReporter
+    from workbench.run.capture import capture as capture_frames
+
+    _checked(whole, "count", count, 1, 1_000_000)
+    _checked(real, "interval", interval, 0.0, 86_400.0)
+    _checked(whole, "countdown", countdown, 0, 3_600)
+    written = capture_frames(folder, source, count, interval, countdown,
+                             ConsoleReporter(stderr()))  # fmt: skip
+    if json_output:
+        emit_json({"folder": str(folder), "files": [str(p) for p in written]})
+        return
+    for path in written:
+        print(visible(path))
+    print(visible(f"{len(written)} frames saved in {folder}"))
+
+
 datasets_app = typer.Typer(help="Public datasets as class folders, ready to train on.")
 app.add_typer(datasets_app, name="datasets")
 
@@ -750,6 +866,28 @@ def bench_pipeline_command(
     for number, pair in enumerate(result["pairs"], 1):
         flat.update({f"pair {number}, {k}": v for k, v in pair.items()})
     stdout().print(key_value_table("Embedding pipeline", flat))
+
+
+@bench_app.command("live")
+@handles_bad_input
+def bench_live_command(
+    model: Annotated[Path, typer.Argument(help="Classification model .tflite.")],
+    source: Annotated[
+        str, typer.Option("--source", "-s", help="A video file (or a folder of images).")
+    ],
+    device: DeviceOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """`live` on a video: frames per second over the invoke-only rate, and latency."""
+    from workbench.run.bench import bench_live
+
+    result = bench_live(model, source, device)
+    if json_output:
+        emit_json(result)
+    else:
+        from workbench.report.display import key_value_table
+
+        stdout().print(key_value_table("Live pipeline", result))
 
 
 @bench_app.command("model")

@@ -122,13 +122,26 @@ def decode(path: str | Path, prep: Preprocessing) -> np.ndarray:
     EXIF orientation is applied, so a portrait photo is seen upright. Raises ImageError for a
     file Pillow cannot read or that is truncated.
     """
+    return _decoded(path, prep)
+
+
+def decode_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image to RGB uint8 [height, width, 3] at its own size, upright.
+
+    What a folder played as frames gives (`workbench live --source FOLDER`); `fitted` then
+    makes the same model input as `decode` does.
+    """
+    return _decoded(path, None)
+
+
+def _decoded(path: str | Path, prep: Preprocessing | None) -> np.ndarray:
     try:
         with Image.open(path, formats=FORMATS) as image:
             width, height = image.size
             jpeg = image.format in ("JPEG", "MPO")
             # The decoder picks the largest DCT scale-down (1, 2, 4 or 8) that keeps the image
             # at or above the requested size.
-            if jpeg and prep.draft:  # the side is the max so rotation by EXIF does not matter
+            if jpeg and prep is not None and prep.draft:  # the max: EXIF may rotate it
                 side = max(prep.width, prep.height)
                 image.draft("RGB", (side, side))
             elif jpeg and width * height > MAX_PIXELS:  # only as far down as memory needs
@@ -136,15 +149,26 @@ def decode(path: str | Path, prep: Preprocessing) -> np.ndarray:
                 image.draft("RGB", (width // scale, height // scale))
             if image.size[0] * image.size[1] > MAX_PIXELS:
                 raise ImageError(f"{width}x{height} pixels is too large to decode")
-            image = ImageOps.exif_transpose(image)
-            image = to_rgb(image)
-            if image.size != (prep.width, prep.height):
-                image = image.resize((prep.width, prep.height), _RESAMPLE[prep.resample])
-            return np.asarray(image, dtype=np.uint8)
+            upright = ImageOps.exif_transpose(image)
+            if prep is None:
+                return np.asarray(to_rgb(upright), dtype=np.uint8)
+            return fitted(upright, prep)
     except UnidentifiedImageError:
         raise ImageError("not an image format Pillow can read") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageError(str(e) or type(e).__name__) from None
+
+
+def fitted(image: Image.Image, prep: Preprocessing) -> np.ndarray:
+    """An upright decoded image as RGB uint8 [height, width, 3] at the model's input size.
+
+    The one resize every path takes (files, camera and video frames), so a frame saved
+    without loss and classified as a file gets the same input, bit for bit.
+    """
+    image = to_rgb(image)
+    if image.size != (prep.width, prep.height):
+        image = image.resize((prep.width, prep.height), _RESAMPLE[prep.resample])
+    return np.asarray(image, dtype=np.uint8)
 
 
 def to_input(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:

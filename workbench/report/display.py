@@ -6,6 +6,8 @@ table or line through `plain()`: it is shown as it is on any console, never read
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -321,3 +323,47 @@ def print_inspection(console: Console, result: Any) -> None:
     console.print(summary)
     for warning in result.warnings:
         console.print(plain(f"warning: {warning}", style="yellow"))
+
+
+class LiveDisplay:
+    """What `workbench live` prints as frames are classified, and its closing summary.
+
+    `--json`: one JSON line per classified frame on stdout, then `{"summary": ...}`. On a
+    terminal: one status line on stderr, rewritten in place (top classes, frames per second,
+    latency). Otherwise (a pipe, a log): one plain line per classified frame on stdout.
+    """
+
+    def __init__(self, out: Console, err: Console, json_lines: bool) -> None:
+        self.out, self.err, self.json_lines = out, err, json_lines
+        self.in_place = not json_lines and err.is_terminal
+        self._shown = False
+
+    def show(self, result: Any, summary: Any) -> None:
+        if self.json_lines:
+            sys.stdout.write(json.dumps(result.to_json()) + "\n")
+            sys.stdout.flush()
+            return
+        tops = " | ".join(f"{visible(t['label'])} {t['score']:.2f}" for t in result.top) or "-"
+        line = (
+            f"frame {result.index}  {tops}  {summary.classified / max(summary.seconds, 1e-9):.1f}"
+            f" fps  {result.latency_ms:.0f} ms"
+        )
+        if self.in_place:
+            width = max(20, self.err.width - 1)
+            self.err.file.write("\r" + line[:width].ljust(width))
+            self.err.file.flush()
+            self._shown = True
+        else:
+            print(line, file=self.out.file, flush=True)
+
+    def finish(self, summary: Any) -> None:
+        if self._shown:
+            self.err.file.write("\n")
+        figures = summary.to_json()
+        if figures.get("stopped"):
+            print(f"warning: {visible(figures['stopped'])}", file=self.err.file)
+        if self.json_lines:
+            sys.stdout.write(json.dumps({"summary": figures}) + "\n")
+            return
+        shown = {k.replace("_", " "): ("-" if v is None else v) for k, v in figures.items()}
+        self.out.print(key_value_table("Live", shown))

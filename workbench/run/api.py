@@ -41,9 +41,11 @@ from workbench.report.record import Report
 
 # Not imported lazily: a submodule first imported after `workbench/__init__` has bound the
 # API's `classify` would replace that attribute with the module `workbench.run.classify`.
+from workbench.run.capture import capture as capture  # re-exported: wb.capture
 from workbench.run.classify import classify_images
 from workbench.run.continuing import ContinueImprinting
 from workbench.run.evaluate import evaluate_folder
+from workbench.run.live import live as live  # re-exported: wb.live
 from workbench.run.trainers import Backprop, Imprint, bundled_source
 from workbench.run.training import TrainingResult, train
 

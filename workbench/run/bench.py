@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -13,14 +14,17 @@ from typing import Any
 
 import numpy as np
 
+from workbench.core.errors import WorkbenchError
 from workbench.core.options import BackpropOptions, DataOptions, ImprintOptions, RunOptions
 from workbench.core.progress import Reporter
 from workbench.data.dataset import Dataset, scan
+from workbench.data.frames import open_source
 from workbench.data.images import Preprocessing, load_input
 from workbench.extract.cache import OutputCache
 from workbench.extract.embeddings import run_model
 from workbench.extract.runtime import LoadedModel, cpu_threads, load_model
 from workbench.heads.softmax_head import SoftmaxHead
+from workbench.run.live import LiveRun
 from workbench.run.trainers import Imprint
 from workbench.run.training import train
 
@@ -276,3 +280,64 @@ def bench_model(
         "median_ms": round(float(np.median(times)), 3),
         "p90_ms": round(float(np.percentile(times, 90)), 3),
     }
+
+
+def bench_live(
+    model_path: str | Path, source: str | Path, device: str | None = None
+) -> dict[str, Any]:
+    """`workbench live` on a video file against the invoke-only rate of the same model.
+
+    Both use the same interpreters (one single-threaded replica per core on the CPU, the one
+    interpreter of an Edge TPU) on the same frames: first `live`'s whole pipeline (video
+    decoding, the model input made as `classify` makes it, the invokes, frames in order),
+    then the invokes alone on the frames' inputs made beforehand. The ratio of the two
+    frames-per-second figures is what the pipeline costs.
+    """
+    run = LiveRun(model_path, open_source(source), device=device)
+    for _ in run:
+        pass
+    live_fps = run.summary.fps
+    inputs = []
+    reader = open_source(source)
+    try:
+        while (frame := reader.read()) is not None:
+            inputs.append(run.model_input(frame))
+    finally:
+        reader.close()
+    if not inputs:
+        raise WorkbenchError(f"{source} gave no frames")
+    invoke_fps = len(inputs) / _invokes_in_parallel(run.models, inputs)
+    summary = run.summary.to_json()
+    return {
+        "source": str(source),
+        "frames": len(inputs),
+        "interpreters": len(run.models),
+        "live_fps": round(live_fps, 2),
+        "invoke_only_fps": round(invoke_fps, 2),
+        "live_over_invoke_only": round(live_fps / invoke_fps, 3),
+        "latency_ms_median": summary["latency_ms_median"],
+        "latency_ms_p95": summary["latency_ms_p95"],
+    }
+
+
+def _invokes_in_parallel(models: list[LoadedModel], inputs: list[Any]) -> float:
+    """Seconds for the interpreters to run every input once, each taking the next in turn."""
+    position = iter(range(len(inputs)))
+    lock = threading.Lock()
+
+    def work(model: LoadedModel) -> None:
+        while True:
+            with lock:
+                index = next(position, None)
+            if index is None:
+                return
+            model.run(inputs[index])
+
+    models[0].run(inputs[0])  # the first invoke (scratch buffers) is not timed, as in `live`
+    threads = [threading.Thread(target=work, args=(m,)) for m in models]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start

@@ -101,7 +101,8 @@ def classify_images(
         times.append(seconds)
         last = item
         scores = model.output.dequantize(raw).reshape(-1)
-        results.append({"file": str(files[index]), "top": _top(scores, labels, top_k, threshold)})
+        top = top_classes(scores, labels, top_k, threshold)
+        results.append({"file": str(files[index]), "top": top})
     if not results:
         raise WorkbenchError(f"none of the {len(files)} images could be read")
     steady = [model.timed_run(last)[1] for _ in range(max(0, repeat))] if last is not None else []
@@ -122,9 +123,10 @@ def classify_images(
     }
 
 
-def _top(
+def top_classes(
     scores: np.ndarray, labels: list[str] | None, top_k: int, threshold: float
 ) -> list[dict[str, Any]]:
+    """The `top_k` best classes with a score of at least `threshold`, best first."""
     order = ranked(scores[np.newaxis])[0][:top_k]
     return [
         {
