@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from workbench.core.errors import WorkbenchError
+from workbench.core.native import native_stderr
 from workbench.data.dataset import check_folder, image_files_under
 from workbench.data.images import ImageError, decode_rgb
 
@@ -76,6 +77,9 @@ class FrameSource(Protocol):
 
 def opencv() -> Any:
     """OpenCV's module, or a WorkbenchError saying how to install it."""
+    # Its own log (a missing camera, a codec probe) goes straight to stderr; silenced before
+    # the first import where the variable is read, and after it where the module can say so.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
     try:
         import cv2
     except ImportError:
@@ -96,10 +100,12 @@ class VideoSource:
         cv2 = opencv()
         self.live, self.description = live, description
         self._cv2 = cv2
-        self._capture = cv2.VideoCapture(target)
+        with native_stderr():  # older OpenCV logs its probes whatever the level says
+            self._capture = cv2.VideoCapture(target)
+            opened = self._capture.isOpened()
         self._index = 0
         self._opened = time.monotonic()
-        if not self._capture.isOpened():
+        if not opened:
             self._capture.release()
             camera = isinstance(target, int) or str(target).startswith("/dev/")
             why = "no such camera, or it is in use" if camera else "not a video OpenCV reads"

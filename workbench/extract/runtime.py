@@ -13,11 +13,7 @@ import hashlib
 import os
 import platform
 import re
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from workbench.core.errors import WorkbenchError
+from workbench.core.native import native_stderr
 from workbench.tflite.graph import (
     EDGETPU_CUSTOM_CODE,
     custom_codes,
@@ -325,43 +322,3 @@ def load_model(
     loaded.sha256 = hashlib.sha256(data).hexdigest()
     loaded.content = data
     return loaded
-
-
-class _NativeLog:
-    """What the runtime's C++ code wrote to stderr while it was redirected."""
-
-    def __init__(self) -> None:
-        self.text = ""
-
-    def errors(self) -> list[str]:
-        return [
-            line.split(":", 1)[1].strip()
-            for line in self.text.splitlines()
-            if line.startswith("ERROR:") and line.split(":", 1)[1].strip()
-        ]
-
-
-@contextmanager
-def native_stderr() -> Iterator[_NativeLog]:
-    """Redirect file descriptor 2 while the C++ runtime loads a model.
-
-    The runtime logs "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." and its error
-    reporter's lines straight to the process's stderr; workbench keeps stderr to progress,
-    warnings and one-line errors, and folds the runtime's errors into its own message.
-    """
-    log = _NativeLog()
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):
-        yield log
-        return
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield log
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            log.text = capture.read().decode(errors="replace")
