@@ -16,8 +16,12 @@ See `workbench.run.api` and README.md ("Python API"). The examples run as doctes
 `flowers/` folder (tests/test_docs.py).
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from workbench.core import __version__
 from workbench.core.errors import WorkbenchError
 from workbench.core.options import (
     BackpropOptions,
@@ -26,20 +30,48 @@ from workbench.core.options import (
     OptionError,
     RunOptions,
 )
-from workbench.heads.imprint_head import ImprintingHead
-from workbench.heads.softmax_head import SoftmaxHead
-from workbench.report.record import Report
-from workbench.run.api import (
-    Embeddings,
-    backprop,
-    capture,
-    classify,
-    embed,
-    evaluate,
-    imprint,
-    live,
-)
-from workbench.run.training import TrainingResult
+
+# The rest is imported when first used: `workbench --version` and scripts that need one
+# function do not pay for numpy, the runtime and every head (a second on a small board).
+_LAZY = {
+    "ImprintingHead": "workbench.heads.imprint_head",
+    "SoftmaxHead": "workbench.heads.softmax_head",
+    "Report": "workbench.report.record",
+    "TrainingResult": "workbench.run.training",
+    **dict.fromkeys(
+        ("Embeddings", "backprop", "capture", "classify", "embed", "evaluate", "imprint", "live"),
+        "workbench.run.api",
+    ),
+}
+
+if TYPE_CHECKING:
+    from workbench.heads.imprint_head import ImprintingHead
+    from workbench.heads.softmax_head import SoftmaxHead
+    from workbench.report.record import Report
+    from workbench.run.api import (
+        Embeddings,
+        backprop,
+        capture,
+        classify,
+        embed,
+        evaluate,
+        imprint,
+        live,
+    )
+    from workbench.run.training import TrainingResult
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "BackpropOptions",
