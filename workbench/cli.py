@@ -751,6 +751,65 @@ def capture(
     print(visible(f"{len(written)} frames saved in {folder}"))
 
 
+@app.command()
+@handles_bad_input
+def teach(
+    source: SourceOpt = "0",
+    extractor: ExtractorOpt = None,
+    data: Annotated[
+        Path, typer.Option("--data", help="Where Save writes the examples (DATA/CLASS/*.jpg).")
+    ] = Path("teach-data"),
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to listen on; another than loopback needs the token in the printed URL.",
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port (0: any free one).")] = 8000,
+    fps: Annotated[
+        float | None,
+        typer.Option("--fps", help="Play a video file or folder as a live source at this rate."),
+    ] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Teach classes from the camera in a local web page, then save a dataset and a model."""
+    from workbench.data.frames import Paced, open_source
+    from workbench.report.display import ConsoleReporter
+    from workbench.run.teach import TeachSession
+    from workbench.run.teach_server import TeachServer
+
+    _checked(whole, "port", port, 0, 65_535)
+    if fps is not None:
+        _checked(real, "fps", fps, 0.0, 10_000.0, True)
+    opened = open_source(source)
+    if fps is not None:
+        opened = Paced(opened, fps)
+    session = TeachSession(opened, data, extractor, device, ConsoleReporter(stderr()))
+    try:
+        try:
+            server = TeachServer(session, host, port)
+        except OSError as e:
+            raise WorkbenchError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        print(f"workbench teach: open {server.url()}", flush=True)
+        if not server.loopback:
+            print("warning: listening beyond this machine: requests need the token in the URL",
+                  file=sys.stderr)  # fmt: skip
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+    finally:
+        session.close()
+    unsaved = session.unsaved()
+    if unsaved:
+        print(f"warning: {unsaved} examples were not saved", file=sys.stderr)
+    else:
+        print("stopped; every example was saved", file=sys.stderr)
+
+
 datasets_app = typer.Typer(help="Public datasets as class folders, ready to train on.")
 app.add_typer(datasets_app, name="datasets")
 
