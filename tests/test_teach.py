@@ -88,7 +88,8 @@ def serve(session: TeachSession, host: str = "127.0.0.1") -> tuple[TeachServer, 
 def teaching(tmp_path: Path, models: dict[str, Path]) -> Iterator[tuple[TeachServer, Client]]:
     """A session on the tiny extractor whose camera shows green, served on loopback."""
     video = colour_video(tmp_path / "camera.avi", "green")
-    session = TeachSession(Paced(open_source(video), 40), tmp_path / "taught", models["uint8"])
+    session = TeachSession(Paced(open_source(video), 40), tmp_path / "taught", models["uint8"],
+                           output=tmp_path / "taught.tflite")  # fmt: skip
     server, _ = serve(session)
     try:
         yield server, Client(f"http://127.0.0.1:{server.port}", server.token)
@@ -209,8 +210,8 @@ def test_the_token_is_required_and_foreign_hosts_refused(
     assert status == 200 and server.token.encode() in page
     assert client.call("GET", "/api/state", headers={"Host": "evil.example:80"})[0] == 403
     # on another address everything, the page included, needs the token in the URL
-    session = TeachSession(FolderSource(make_dataset(tmp_path / "f", per_class=2) / "red"),
-                           tmp_path / "out", models["uint8"])  # fmt: skip
+    frames = FolderSource(make_dataset(tmp_path / "f", per_class=2) / "red")
+    session = TeachSession(frames, tmp_path / "out", models["uint8"], output=tmp_path / "o.tflite")
     other, _ = serve(session, host="127.0.0.2")
     try:
         base = f"http://127.0.0.2:{other.port}"

@@ -767,6 +767,15 @@ def teach(
         ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port (0: any free one).")] = 8000,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="The model Save writes (default: as `workbench "
+            "imprint DATA` names it, ./<data folder name>_imprint.tflite).",
+        ),
+    ] = None,
     fps: Annotated[
         float | None,
         typer.Option("--fps", help="Play a video file or folder as a live source at this rate."),
@@ -785,7 +794,7 @@ def teach(
     opened = open_source(source)
     if fps is not None:
         opened = Paced(opened, fps)
-    session = TeachSession(opened, data, extractor, device, ConsoleReporter(stderr()))
+    session = TeachSession(opened, data, extractor, device, ConsoleReporter(stderr()), output)
     try:
         try:
             server = TeachServer(session, host, port)

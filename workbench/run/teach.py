@@ -118,9 +118,11 @@ class TeachSession:
         extractor: str | Path | None = None,
         device: str | None = None,
         reporter: Reporter | None = None,
+        output: str | Path | None = None,
     ) -> None:
         self.source = source
         self.data_dir = Path(data_dir)
+        self.output = Path(output) if output else None  # None: as `workbench imprint DATA`
         given = RunOptions(extractor=Path(extractor) if extractor else None)
         self.extractor = bundled_source(given).path
         self.device = device
@@ -271,7 +273,7 @@ class TeachSession:
 
     # --- saving -------------------------------------------------------------------------------
 
-    def save(self, output: str | Path | None = None) -> dict[str, Any]:
+    def save(self) -> dict[str, Any]:
         """Write the examples into DATA/CLASS/ and train as `workbench imprint DATA` would."""
         if not self.saving.acquire(blocking=False):
             raise WorkbenchError("a save is already running")
@@ -297,7 +299,7 @@ class TeachSession:
             data = DataOptions()
             run = RunOptions(
                 extractor=self.extractor, device=self.device,
-                output=Path(output) if output else None,
+                output=self.output,
             )  # fmt: skip
             result = train(self.data_dir, Imprint(ImprintOptions(), data.seed), data, run,
                            self.reporter)  # fmt: skip
